@@ -1,0 +1,93 @@
+"""Build vdm_fast and its one native extension, ``vdm_fast._C``.
+
+Environment switches (all optional):
+
+- ``VDM_FAST_NO_NATIVE=1``: build no native code at all; the package then runs on the
+  Triton and reference backends only.
+- ``VDM_FAST_NO_CUDA=1``: build the C++ CPU kernels only, even where CUDA is available.
+- ``VDM_FAST_CUDA_ARCH``: the CUDA architectures to build for, in ``TORCH_CUDA_ARCH_LIST``
+  syntax (default ``"8.0;9.0+PTX"``; ``TORCH_CUDA_ARCH_LIST`` itself is honoured when set).
+- ``MAX_JOBS``: parallel compile jobs (ninja).
+
+CUDA sources are compiled whenever a CUDA toolkit (``nvcc``) and a CUDA build of torch are
+present. No GPU is needed to build them.
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _find_cuda_home():
+    for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if candidate and os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+            return candidate
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    return None
+
+
+def _sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
+
+
+def native_extensions():
+    if _flag("VDM_FAST_NO_NATIVE"):
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
+
+    cpp_sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    cuda_sources = _sources("csrc/cuda/*.cu")
+    cuda_home = _find_cuda_home()
+    use_cuda = bool(cuda_sources) and not _flag("VDM_FAST_NO_CUDA") and torch.version.cuda is not None and cuda_home
+    if use_cuda:
+        os.environ["CUDA_HOME"] = cuda_home
+        cpp_extension.CUDA_HOME = cuda_home
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ.get("VDM_FAST_CUDA_ARCH", "8.0;9.0+PTX")
+
+    cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden", "-DPy_LIMITED_API=0x03090000"]
+    define_macros = [("Py_LIMITED_API", "0x03090000")]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if use_cuda:
+        ext = cpp_extension.CUDAExtension(
+            name="vdm_fast._C",
+            sources=cpp_sources + cuda_sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros + [("VDM_FAST_WITH_CUDA", "1")],
+            extra_compile_args={
+                "cxx": cxx_flags,
+                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
+            },
+            py_limited_api=True,
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            name="vdm_fast._C",
+            sources=cpp_sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags},
+            py_limited_api=True,
+        )
+    cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+    return [ext], cmdclass
+
+
+ext_modules, cmdclass = native_extensions()
+
+setup(
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},
+)
