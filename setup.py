@@ -36,6 +36,21 @@ def _find_cuda_home():
     return None
 
 
+def _extra_cuda_includes(cuda_home):
+    """Header folders of the pip-installed CUDA libraries (cuSPARSE, cuBLAS, ...) that torch's
+    headers include, for toolkits that ship only the compiler and runtime."""
+    if os.path.exists(os.path.join(cuda_home, "include", "cusparse.h")):
+        return []
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    found = []
+    for base in nvidia.__path__:
+        found += sorted(glob.glob(os.path.join(base, "*", "include")))
+    return [d for d in found if os.path.exists(os.path.join(d, "cusparse.h"))]
+
+
 def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
 
@@ -56,9 +71,11 @@ def native_extensions():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ.get("VDM_FAST_CUDA_ARCH", "8.0;9.0+PTX")
 
-    cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden", "-DPy_LIMITED_API=0x03090000"]
-    define_macros = [("Py_LIMITED_API", "0x03090000")]
+    cxx_flags = ["-O3", "-fvisibility=hidden"]
+    define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
+    if use_cuda:
+        include_dirs += _extra_cuda_includes(cuda_home)
     if use_cuda:
         ext = cpp_extension.CUDAExtension(
             name="vdm_fast._C",
@@ -67,7 +84,7 @@ def native_extensions():
             define_macros=define_macros + [("VDM_FAST_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx_flags,
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
+                "nvcc": ["-O3", "-lineinfo"],
             },
             py_limited_api=True,
         )

@@ -1,0 +1,89 @@
+// CPU loop helpers shared by every op: data is B samples of D contiguous elements (see
+// csrc/common.h); per-sample scalars are indexed by b.
+//
+// Instruction sets: the inner loops are plain loops over raw pointers that GCC auto-vectorises.
+// VDM_FAST_CPU_CLONES compiles such a loop for baseline x86-64, x86-64-v3 (AVX2+FMA) and
+// x86-64-v4 (AVX-512) and picks one at load time (an ifunc), so a shipped wheel uses the widest
+// vectors the machine has without -march=native.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <array>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(VDM_FAST_NO_CLONES)
+#define VDM_FAST_CPU_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define VDM_FAST_CPU_CLONES
+#endif
+
+namespace vdm_fast {
+namespace cpu {
+
+// Elements per parallel task: large enough to amortise task overhead, small enough for two
+// cores to share an L2-sized tensor.
+constexpr int64_t kGrain = 32768;
+
+// Calls fn(b, begin, end) over flat element ranges [begin, end) that never cross a sample
+// boundary (begin, end are flat offsets in [0, B*D)), in parallel.
+template <typename F>
+void for_each_segment(int64_t B, int64_t D, const F& fn) {
+  const int64_t N = B * D;
+  if (N == 0) return;
+  at::parallel_for(0, N, kGrain, [&](int64_t lo, int64_t hi) {
+    int64_t b = lo / D;
+    while (lo < hi) {
+      const int64_t seg_end = std::min(hi, (b + 1) * D);
+      fn(b, lo, seg_end);
+      lo = seg_end;
+      ++b;
+    }
+  });
+}
+
+// Per-sample reductions of K quantities: fn(b, begin, end, acc) adds the partial sums of one
+// segment into acc[0..K). Segments are reduced in parallel into double partials and combined in
+// a fixed order, so the result does not depend on the thread count. Returns B*K doubles,
+// sample-major.
+template <int K, typename F>
+std::vector<double> reduce_per_sample(int64_t B, int64_t D, const F& fn) {
+  std::vector<double> out(static_cast<size_t>(B * K), 0.0);
+  if (B == 0) return out;
+  const int64_t chunk = std::max<int64_t>(kGrain, 1);
+  const int64_t chunks = D == 0 ? 0 : (D + chunk - 1) / chunk;
+  const int64_t tasks = B * chunks;
+  std::vector<double> partial(static_cast<size_t>(tasks * K), 0.0);
+  at::parallel_for(0, tasks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t b = task / chunks, c = task % chunks;
+      const int64_t begin = b * D + c * chunk, end = b * D + std::min(D, (c + 1) * chunk);
+      double acc[K] = {};
+      fn(b, begin, end, acc);
+      for (int k = 0; k < K; ++k) partial[task * K + k] = acc[k];
+    }
+  });
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < chunks; ++c)
+      for (int k = 0; k < K; ++k) out[b * K + k] += partial[(b * chunks + c) * K + k];
+  return out;
+}
+
+// float for reduced-precision and float32 data, double for float64 data.
+template <typename scalar_t>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+template <typename scalar_t>
+using acc_t = typename Acc<scalar_t>::type;
+
+}  // namespace cpu
+}  // namespace vdm_fast

@@ -1,0 +1,155 @@
+// q_sample on CUDA: z = alpha[b] * x0 + sigma[b] * noise, and its fused backward. Launched on the
+// current stream; 16-byte vector loads when every pointer is aligned and D is a multiple of the
+// vector width (then a vector never straddles two samples).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "common.h"
+#include "cuda/per_sample.cuh"
+
+namespace vdm_fast {
+namespace cuda {
+namespace {
+
+template <typename scalar_t, typename acc_t, int VEC>
+__global__ void q_sample_kernel(scalar_t* __restrict__ z, const scalar_t* __restrict__ x0,
+                                const scalar_t* __restrict__ noise, const acc_t* __restrict__ alpha,
+                                const acc_t* __restrict__ sigma, int64_t D, int64_t n_vec) {
+  using V = Vec<scalar_t, VEC>;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < n_vec; v += stride) {
+    const int64_t i = v * VEC;
+    const int64_t b = i / D;
+    const acc_t a = alpha[b], s = sigma[b];
+    const V xv = *reinterpret_cast<const V*>(x0 + i);
+    const V nv = *reinterpret_cast<const V*>(noise + i);
+    V out;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      out.v[k] = static_cast<scalar_t>(a * static_cast<acc_t>(xv.v[k]) + s * static_cast<acc_t>(nv.v[k]));
+    }
+    *reinterpret_cast<V*>(z + i) = out;
+  }
+}
+
+// grid = (chunks, B): block (c, b) covers elements [c*kReduceChunk, (c+1)*kReduceChunk) of sample b
+// and writes its two partial sums to partial[b, c, 0:2].
+template <typename scalar_t, typename acc_t>
+__global__ void q_sample_backward_kernel(scalar_t* __restrict__ gx, scalar_t* __restrict__ gn,
+                                         const scalar_t* __restrict__ g, const scalar_t* __restrict__ x0,
+                                         const scalar_t* __restrict__ noise, const acc_t* __restrict__ alpha,
+                                         const acc_t* __restrict__ sigma, int64_t D, bool want_sums,
+                                         double* __restrict__ partial) {
+  __shared__ acc_t shared[kThreads / 32];
+  const int64_t b = blockIdx.y, c = blockIdx.x;
+  const int64_t begin = b * D + c * kReduceChunk;
+  const int64_t end = b * D + min(D, (c + 1) * kReduceChunk);
+  const acc_t a = alpha[b], s = sigma[b];
+  acc_t sx = 0, sn = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const acc_t gi = static_cast<acc_t>(g[i]);
+    if (gx) gx[i] = static_cast<scalar_t>(a * gi);
+    if (gn) gn[i] = static_cast<scalar_t>(s * gi);
+    if (want_sums) {
+      sx += gi * static_cast<acc_t>(x0[i]);
+      sn += gi * static_cast<acc_t>(noise[i]);
+    }
+  }
+  if (!want_sums) return;
+  sx = block_sum(sx, shared);
+  sn = block_sum(sn, shared);
+  if (threadIdx.x == 0) {
+    const int64_t slot = (b * gridDim.x + c) * 2;
+    partial[slot] = static_cast<double>(sx);
+    partial[slot + 1] = static_cast<double>(sn);
+  }
+}
+
+at::Tensor q_sample_cuda(const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma,
+                         const at::Tensor& noise) {
+  constexpr const char* op = "vdm_fast::q_sample";
+  check_data(op, "x0", x0);
+  check_same_data(op, "noise", noise, x0, "x0");
+  const int64_t B = x0.size(0), D = per_sample_numel(x0);
+  const auto cdt = compute_dtype(x0.scalar_type());
+  check_coeff(op, "alpha", alpha, B, cdt, x0.device());
+  check_coeff(op, "sigma", sigma, B, cdt, x0.device());
+
+  const c10::cuda::CUDAGuard guard(x0.device());
+  at::Tensor z = empty_out_like(x0);
+  if (z.numel() == 0) return z;
+  const at::Tensor x = in_layout_of(x0, z), n = in_layout_of(noise, z);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "q_sample_cuda", [&] {
+    using acc = acc_t<scalar_t>;
+    constexpr int W = vec_width<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* np = n.const_data_ptr<scalar_t>();
+    scalar_t* zp = z.mutable_data_ptr<scalar_t>();
+    const int64_t N = z.numel();
+    if (D % W == 0 && aligned16(xp) && aligned16(np) && aligned16(zp)) {
+      q_sample_kernel<scalar_t, acc, W><<<grid_for(N / W), kThreads, 0, stream>>>(
+          zp, xp, np, alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), D, N / W);
+    } else {
+      q_sample_kernel<scalar_t, acc, 1><<<grid_for(N), kThreads, 0, stream>>>(
+          zp, xp, np, alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), D, N);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return z;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> q_sample_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& alpha,
+    const at::Tensor& sigma, std::array<bool, 4> output_mask) {
+  constexpr const char* op = "vdm_fast::q_sample_backward";
+  check_data(op, "x0", x0);
+  check_same_data(op, "noise", noise, x0, "x0");
+  check_same_data(op, "grad", grad, x0, "x0");
+  const int64_t B = x0.size(0), D = per_sample_numel(x0);
+  const auto cdt = compute_dtype(x0.scalar_type());
+  check_coeff(op, "alpha", alpha, B, cdt, x0.device());
+  check_coeff(op, "sigma", sigma, B, cdt, x0.device());
+
+  const c10::cuda::CUDAGuard guard(x0.device());
+  const bool want_gx = output_mask[0], want_gn = output_mask[1];
+  const bool want_sums = output_mask[2] || output_mask[3];
+  at::Tensor gx = want_gx ? empty_out_like(x0) : at::empty({0}, x0.options());
+  at::Tensor gn = want_gn ? empty_out_like(x0) : at::empty({0}, x0.options());  // one layout for all outputs
+  at::Tensor ga = output_mask[2] ? at::zeros({B}, alpha.options()) : at::empty({0}, alpha.options());
+  at::Tensor gs = output_mask[3] ? at::zeros({B}, sigma.options()) : at::empty({0}, sigma.options());
+  if (x0.numel() == 0 || !(want_gx || want_gn || want_sums)) return {gx, gn, ga, gs};
+
+  const at::Tensor layout = want_gx ? gx : (want_gn ? gn : empty_out_like(x0));
+  const at::Tensor g = in_layout_of(grad, layout);
+  const at::Tensor x = in_layout_of(x0, layout), n = in_layout_of(noise, layout);
+  const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
+  TORCH_CHECK(B <= 65535, op, ": batch size ", B, " exceeds the CUDA grid limit of 65535 for this backward");
+  at::Tensor partial = at::empty({B, chunks, 2}, x0.options().dtype(at::kDouble));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "q_sample_backward_cuda", [&] {
+    using acc = acc_t<scalar_t>;
+    const dim3 grid(static_cast<unsigned int>(chunks), static_cast<unsigned int>(B));
+    q_sample_backward_kernel<scalar_t, acc><<<grid, kThreads, 0, stream>>>(
+        want_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr, want_gn ? gn.mutable_data_ptr<scalar_t>() : nullptr,
+        g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), n.const_data_ptr<scalar_t>(),
+        alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), D, want_sums, partial.mutable_data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  if (want_sums) {
+    const at::Tensor sums = partial.sum(1);  // (B, 2), reduced in a fixed order
+    if (output_mask[2]) ga.copy_(sums.select(1, 0));
+    if (output_mask[3]) gs.copy_(sums.select(1, 1));
+  }
+  return {gx, gn, ga, gs};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace vdm_fast
+
+TORCH_LIBRARY_IMPL(vdm_fast, CUDA, m) {
+  m.impl("q_sample", &vdm_fast::cuda::q_sample_cuda);
+  m.impl("q_sample_backward", &vdm_fast::cuda::q_sample_backward_cuda);
+}

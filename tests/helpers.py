@@ -1,0 +1,60 @@
+"""Shared test utilities: which backends run here, and the numerical-equality rules.
+
+Equality rules (README "Testing"):
+- float32 / float64: tight absolute+relative tolerances against the reference.
+- float16 / bfloat16: our error against a float64 truth must be at most twice the error PyTorch
+  itself makes computing the same formula eagerly in that dtype (flash-attention's rule), plus
+  one unit of the dtype's resolution for values that both round the same way.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vdm_fast import backends
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+TIGHT = {
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+}
+
+
+def backends_here(op: str, device: str = "cpu") -> list[str]:
+    """Backends that can run ``op`` on ``device`` in this process, asked of the dispatcher."""
+    return backends.available(device, op)
+
+
+def backend_params(op: str, include_reference: bool = False):
+    """pytest params for every backend of ``op``, skipped (with the reason) where unavailable."""
+    params = []
+    for name in backends.BACKENDS:
+        if name == "reference" and not include_reference:
+            continue
+        device = "cuda" if name == "cuda" else "cpu"
+        if name == "triton" and torch.cuda.is_available():
+            device = "cuda"
+        reason = backends.unavailable_reason(name, device, op)
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        params.append(pytest.param((name, device), id=name, marks=marks))
+    return params
+
+
+def assert_tight(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, msg: str = ""):
+    dtype = dtype or expected.dtype
+    tol = TIGHT.get(dtype, TIGHT[torch.float32])
+    torch.testing.assert_close(actual, expected, **tol, msg=lambda m: f"{msg}\n{m}")
+
+
+def assert_within_2x_of_torch(ours: torch.Tensor, torch_native: torch.Tensor, truth: torch.Tensor, msg: str = ""):
+    """Low-precision rule: max|ours - truth| <= 2 max|torch_native - truth| + resolution."""
+    truth = truth.double()
+    ours_err = (ours.double() - truth).abs().max().item() if truth.numel() else 0.0
+    torch_err = (torch_native.double() - truth).abs().max().item() if truth.numel() else 0.0
+    resolution = torch.finfo(ours.dtype).eps * truth.abs().max().item() if truth.numel() else 0.0
+    assert ours_err <= 2 * torch_err + resolution, (
+        f"{msg}: error {ours_err:.3e} exceeds 2x PyTorch's own {torch_err:.3e} (+{resolution:.1e})"
+    )

@@ -1,0 +1,12 @@
+"""vdm_fast: fast, exact math for variational diffusion models.
+
+Fused kernels (C++ for the CPU, CUDA, Triton) for the hot data paths of Gaussian diffusion
+models, each equal to the pure-PyTorch reference in ``vdm_fast.reference``.
+"""
+
+from . import _library, backends, reference, schedules  # noqa: F401
+from .ops import q_sample
+
+__version__ = "0.1.0"
+
+__all__ = ["q_sample", "reference", "schedules", "backends", "__version__"]

@@ -1,0 +1,64 @@
+"""Argument checks and normalisation for the public ops (DESIGN.md §4, common rules).
+
+Every error names the argument. Per-sample coefficients may be given as a Python float, a 0-d
+tensor, a (B,) tensor or a (B, 1, ..., 1) tensor; they come out as contiguous (B,) tensors in
+the compute dtype (float64 for float64 data, float32 otherwise), on the data's device, still
+connected to the caller's autograd graph.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def compute_dtype(data_dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if data_dtype == torch.float64 else torch.float32
+
+
+def data(op: str, name: str, x) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in DATA_DTYPES:
+        raise TypeError(f"{op}: {name} must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"{op}: {name} must have a batch dimension (dim 0), got a 0-d tensor")
+    return x
+
+
+def same_as(op: str, name: str, t, ref: torch.Tensor, ref_name: str) -> torch.Tensor:
+    data(op, name, t)
+    if t.shape != ref.shape:
+        raise ValueError(f"{op}: {name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{op}: {name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+    return t
+
+
+def per_sample(op: str, name: str, value, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Normalise a per-sample coefficient to a contiguous (B,) tensor of ``dtype``."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{op}: {name} must be a floating-point tensor, got {value.dtype}")
+        if value.device != device:
+            raise ValueError(f"{op}: {name} is on {value.device} but the data is on {device}")
+        if value.dim() == 0:
+            value = value.expand(batch)
+        elif value.shape[0] == batch and all(s == 1 for s in value.shape[1:]):
+            value = value.reshape(batch)
+        else:
+            raise ValueError(
+                f"{op}: {name} must be a float, a 0-d tensor, or a tensor of shape ({batch},) or "
+                f"({batch}, 1, ..., 1) for batch size {batch}; got shape {tuple(value.shape)}"
+            )
+        if value.dtype != dtype:
+            value = value.to(dtype)
+        return value if value.is_contiguous() else value.contiguous()
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return torch.full((batch,), float(value), dtype=dtype, device=device)
+    raise TypeError(f"{op}: {name} must be a float or a floating-point tensor, got {type(value).__name__}")

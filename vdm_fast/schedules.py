@@ -1,0 +1,150 @@
+"""Noise schedules: gamma(t) = -log SNR(t) and everything derived from it (DESIGN.md §2).
+
+Two families:
+
+- Discrete tables (the diffusers / improved-diffusion convention): ``DiscreteSchedule`` holds
+  alphas_cumprod in float64 for integer timesteps 0..T-1. ``linear_betas`` and
+  ``cosine_betas`` build the DDPM linear and the improved-diffusion cosine tables.
+- Continuous time t in [0, 1]: ``LinearGamma`` is the fixed linear gamma of VDM
+  (gamma_min = -13.3, gamma_max = 5.0).
+
+Every schedule answers ``alpha(t)``, ``sigma(t)``, ``gamma(t)``, ``log_snr(t)``, ``snr(t)`` and
+``alpha_sigma(t)`` for a batch of timesteps, on the timesteps' device, in float32 by default
+(float64 on request; never in a half dtype: DESIGN.md §2, Precision). Variance preserving:
+alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma), computed from gamma with ``sigmoid`` so
+that neither underflows to zero at the ends of the schedule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_COEFF_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype not in _COEFF_DTYPES:
+        raise TypeError(f"dtype must be torch.float32 or torch.float64 (coefficients are never half), got {dtype}")
+    return dtype
+
+
+class Schedule:
+    """Base: subclasses define ``gamma(t, dtype)``; the rest follows from it."""
+
+    def gamma(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_snr(self, t, dtype=torch.float32) -> torch.Tensor:
+        return -self.gamma(t, dtype)
+
+    def snr(self, t, dtype=torch.float32) -> torch.Tensor:
+        return torch.exp(-self.gamma(t, dtype))
+
+    def alpha(self, t, dtype=torch.float32) -> torch.Tensor:
+        return torch.sigmoid(-self.gamma(t, dtype)).sqrt()
+
+    def sigma(self, t, dtype=torch.float32) -> torch.Tensor:
+        return torch.sigmoid(self.gamma(t, dtype)).sqrt()
+
+    def alpha_sigma(self, t, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.gamma(t, dtype)
+        return torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
+
+
+def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """DDPM's linear beta schedule (Ho et al. 2020; diffusers ``beta_schedule="linear"``), float64."""
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+
+
+def cosine_betas(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """The cosine schedule of improved-diffusion (Nichol & Dhariwal 2021; diffusers
+    ``beta_schedule="squaredcos_cap_v2"``): alpha_bar(t) = cos((t + s)/(1 + s) * pi/2)^2, float64."""
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    i = torch.arange(num_timesteps, dtype=torch.float64)
+
+    def alpha_bar(u):
+        return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+    betas = 1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps)
+    return betas.clamp(max=max_beta)
+
+
+class DiscreteSchedule(Schedule):
+    """A table of T timesteps, indexed by integers 0..T-1 (the diffusers convention).
+
+    ``alphas_cumprod[i]`` is Luo's alpha_bar (DESIGN.md names: alpha = sqrt(alpha_bar), sigma =
+    sqrt(1 - alpha_bar)). The table is kept in float64 and copied to a device on first use.
+    """
+
+    def __init__(self, betas: torch.Tensor):
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
+        if betas.numel() == 0:
+            raise ValueError("betas must not be empty")
+        if not bool(((betas > 0) & (betas <= 1)).all()):
+            raise ValueError("betas must lie in (0, 1]")
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        # gamma = -log SNR = log((1 - abar) / abar), with 1 - abar taken as -expm1(log abar) so
+        # that the first timesteps (abar within 1e-4 of 1) keep full relative precision.
+        log_abar = torch.cumsum(torch.log1p(-betas), dim=0)
+        self.gammas = torch.log(-torch.expm1(log_abar)) - log_abar
+        self._by_device: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    @classmethod
+    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteSchedule":
+        return cls(linear_betas(num_timesteps, beta_start, beta_end))
+
+    @classmethod
+    def cosine(cls, num_timesteps: int = 1000, s: float = 0.008) -> "DiscreteSchedule":
+        return cls(cosine_betas(num_timesteps, s))
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.betas.numel()
+
+    def _table(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (device, dtype)
+        table = self._by_device.get(key)
+        if table is None:
+            table = self.gammas.to(device=device, dtype=dtype)
+            self._by_device[key] = table
+        return table
+
+    def _index(self, t) -> torch.Tensor:
+        t = torch.as_tensor(t)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"t must hold integer timesteps 0..{self.num_timesteps - 1}, got dtype {t.dtype}")
+        return t.long()
+
+    def gamma(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """gamma at integer timesteps ``t`` (any shape), on t's device."""
+        t = self._index(t)
+        return self._table(t.device, _check_dtype(dtype))[t]
+
+
+class LinearGamma(Schedule):
+    """VDM's fixed linear schedule: gamma(t) = gamma_min + (gamma_max - gamma_min) t, t in [0, 1]."""
+
+    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0):
+        if not gamma_min < gamma_max:
+            raise ValueError(f"gamma_min must be < gamma_max, got {gamma_min} and {gamma_max}")
+        self.gamma_min = float(gamma_min)
+        self.gamma_max = float(gamma_max)
+
+    def _time(self, t, dtype) -> torch.Tensor:
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            raise TypeError(f"t must be floating-point time in [0, 1], got dtype {t.dtype}")
+        return t.to(_check_dtype(dtype))
+
+    def gamma(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.gamma_min + (self.gamma_max - self.gamma_min) * self._time(t, dtype)
+
+    def gamma_prime(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """d gamma / dt, the weight of the continuous-time diffusion loss (DESIGN.md §3)."""
+        return torch.full_like(self._time(t, dtype), self.gamma_max - self.gamma_min)
