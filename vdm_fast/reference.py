@@ -25,3 +25,109 @@ def q_sample(x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, noise: 
     a = _per_sample_view(alpha.to(cdt), x0)
     s = _per_sample_view(sigma.to(cdt), x0)
     return (a * x0.to(cdt) + s * noise.to(cdt)).to(x0.dtype)
+
+
+# --- ELBO terms (DESIGN.md §3, §4.3-4.5) ----------------------------------------------------------
+# Per-sample results are returned in the compute dtype (float32, or float64 for float64 data):
+# a sum over D elements is never rounded to a half dtype.
+
+TARGETS = ("eps", "x0", "v", "score")
+DECODERS = ("categorical",)
+CDFS = ("erf", "tanh")
+
+
+def _sum_per_sample(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1).sum(1)
+
+
+def regression_target(x0, noise, alpha, sigma, target: str) -> torch.Tensor:
+    """What a model of parameterization ``target`` should output (DESIGN.md §2), compute dtype."""
+    cdt = compute_dtype(x0.dtype)
+    x, n = x0.to(cdt), noise.to(cdt)
+    a, s = _per_sample_view(alpha.to(cdt), x0), _per_sample_view(sigma.to(cdt), x0)
+    if target == "eps":
+        return n
+    if target == "x0":
+        return x
+    if target == "v":
+        return a * n - s * x
+    if target == "score":
+        return -n / s
+    raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+
+
+def sq_error(pred, x0, noise, alpha, sigma, target: str = "eps") -> torch.Tensor:
+    """sum over non-batch dims of (pred - target)^2, the target built from x0, noise, alpha, sigma."""
+    cdt = compute_dtype(x0.dtype)
+    return _sum_per_sample((pred.to(cdt) - regression_target(x0, noise, alpha, sigma, target)) ** 2)
+
+
+def prior_kl(x0, alpha_1, sigma_1) -> torch.Tensor:
+    """L_prior = KL(q(z_1|x) || N(0, I)) = 1/2 sum_i (alpha^2 x_i^2 + sigma^2 - 1 - log sigma^2), nats."""
+    cdt = compute_dtype(x0.dtype)
+    a2 = _per_sample_view(alpha_1.to(cdt), x0) ** 2
+    s2 = _per_sample_view(sigma_1.to(cdt), x0) ** 2
+    return 0.5 * _sum_per_sample(a2 * x0.to(cdt) ** 2 + s2 - 1 - torch.log(s2))
+
+
+def bin_index(x0: torch.Tensor) -> torch.Tensor:
+    """The 8-bit value k whose bin centre 2(k + 1/2)/256 - 1 is nearest to x0 (VDM data mapping)."""
+    return torch.clamp(torch.round((x0.double() + 1) * 128 - 0.5), 0, 255).long()
+
+
+def recon_nll(x0, z0, alpha_0, sigma_0, decoder: str = "categorical") -> torch.Tensor:
+    """L_recon = -log p(x | z_0) for one draw of z_0, nats per sample.
+
+    categorical (VDM): per element, logits over the 256 bin centres c_k are
+    -1/2 (z_0 - alpha_0 c_k)^2 / sigma_0^2 (the likelihood of z_0 under each bin, DESIGN.md §3);
+    the log-softmax is taken at the true bin of x0. This reference materialises the 256 logits.
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    cdt = compute_dtype(x0.dtype)
+    centres = (2 * (torch.arange(256, device=x0.device, dtype=cdt) + 0.5) / 256 - 1)
+    a = _per_sample_view(alpha_0.to(cdt), x0)[..., None]
+    s = _per_sample_view(sigma_0.to(cdt), x0)[..., None]
+    logits = -0.5 * ((z0.to(cdt)[..., None] - a * centres) / s) ** 2
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, bin_index(x0)[..., None]).squeeze(-1)
+    return -_sum_per_sample(logp)
+
+
+def _approx_standard_normal_cdf(x):
+    # improved-diffusion's tanh approximation of the normal CDF, kept for comparability.
+    return 0.5 * (1.0 + torch.tanh(torch.sqrt(torch.tensor(2.0 / torch.pi, dtype=x.dtype)) * (x + 0.044715 * x**3)))
+
+
+def discretized_gaussian_nll(x0, mean, log_scale, cdf: str = "erf") -> torch.Tensor:
+    """-log of the Gaussian N(mean, exp(log_scale)^2) mass of x0's 8-bit bin, nats per sample.
+
+    Data on the DDPM grid k/127.5 - 1: the bin of x is [x - 1/255, x + 1/255], the edge bins
+    (x < -0.999, x > 0.999) open-ended. ``cdf="tanh"`` reproduces improved-diffusion's
+    ``discretized_gaussian_log_likelihood`` (tanh CDF, 1e-12 clamps); ``cdf="erf"`` is the exact
+    normal CDF evaluated stably in log space (no clamps).
+    """
+    if cdf not in CDFS:
+        raise ValueError(f"cdf must be one of {CDFS}, got {cdf!r}")
+    cdt = compute_dtype(x0.dtype)
+    x, m, ls = x0.to(cdt), mean.to(cdt), log_scale.to(cdt)
+    inv_std = torch.exp(-ls)
+    plus_in = inv_std * (x - m + 1.0 / 255)
+    min_in = inv_std * (x - m - 1.0 / 255)
+    if cdf == "tanh":
+        cdf_plus = _approx_standard_normal_cdf(plus_in)
+        cdf_min = _approx_standard_normal_cdf(min_in)
+        log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+        log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+        log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    else:
+        log_cdf_plus = torch.special.log_ndtr(plus_in)
+        log_one_minus_cdf_min = torch.special.log_ndtr(-min_in)
+        # log(Phi(b) - Phi(a)) for a < b, on the side of 0 where the tail is small:
+        # for a > 0 use 1 - Phi symmetry, so both terms stay far from 1.
+        flip = min_in > 0
+        hi = torch.where(flip, -min_in, plus_in)
+        lo = torch.where(flip, -plus_in, min_in)
+        log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+        log_delta = log_hi + torch.log1p(-torch.exp(log_lo - log_hi))
+    log_probs = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+    return -_sum_per_sample(log_probs)

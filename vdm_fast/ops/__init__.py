@@ -1,5 +1,9 @@
 """The fused ops (DESIGN.md §4): one module per op, each mirroring ``vdm_fast.reference``."""
 
+from .discretized_gaussian_nll import discretized_gaussian_nll
+from .prior_kl import prior_kl
 from .q_sample import q_sample
+from .recon_nll import recon_nll
+from .sq_error import sq_error
 
-__all__ = ["q_sample"]
+__all__ = ["q_sample", "sq_error", "prior_kl", "recon_nll", "discretized_gaussian_nll"]
