@@ -71,7 +71,10 @@ def native_extensions():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ.get("VDM_FAST_CUDA_ARCH", "8.0;9.0+PTX")
 
-    cxx_flags = ["-O3", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is an inline OpenMP construct in torch's OpenMP builds; without
+    # the flag it silently runs on one thread. libgomp.so.1 resolves to the copy torch loads.
+    cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     if use_cuda:
@@ -86,6 +89,7 @@ def native_extensions():
                 "cxx": cxx_flags,
                 "nvcc": ["-O3", "-lineinfo"],
             },
+            extra_link_args=link_flags,
             py_limited_api=True,
         )
     else:
@@ -95,6 +99,7 @@ def native_extensions():
             include_dirs=include_dirs,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
             py_limited_api=True,
         )
     cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
