@@ -20,6 +20,8 @@ def compute_dtype(data_dtype: torch.dtype) -> torch.dtype:
 
 
 def data(op: str, name: str, x) -> torch.Tensor:
+    if type(x) is torch.Tensor and x.dtype in DATA_DTYPES and x.dim() > 0:  # fast path
+        return x
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in DATA_DTYPES:
@@ -30,6 +32,8 @@ def data(op: str, name: str, x) -> torch.Tensor:
 
 
 def same_as(op: str, name: str, t, ref: torch.Tensor, ref_name: str) -> torch.Tensor:
+    if type(t) is torch.Tensor and t.dtype is ref.dtype and t.shape == ref.shape and t.device == ref.device:
+        return t  # fast path
     data(op, name, t)
     if t.shape != ref.shape:
         raise ValueError(f"{op}: {name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)}")
@@ -42,6 +46,16 @@ def same_as(op: str, name: str, t, ref: torch.Tensor, ref_name: str) -> torch.Te
 
 def per_sample(op: str, name: str, value, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Normalise a per-sample coefficient to a contiguous (B,) tensor of ``dtype``."""
+    # Fast path, the common case in a loop: already a contiguous (B,) tensor of the right kind.
+    if (
+        type(value) is torch.Tensor
+        and value.dtype is dtype
+        and value.dim() == 1
+        and value.shape[0] == batch
+        and value.device == device
+        and value.is_contiguous()
+    ):
+        return value
     if isinstance(value, torch.Tensor):
         if not value.is_floating_point():
             raise TypeError(f"{op}: {name} must be a floating-point tensor, got {value.dtype}")

@@ -99,7 +99,9 @@ def _resolve(requested: str | None, device_type: str, op: str) -> str:
 
 def resolve(backend: str | None, device: torch.device, op: str) -> str:
     """The backend that runs ``op`` on ``device`` given the caller's ``backend`` argument."""
-    return _resolve_cached(backend, device.type, op)
+    if torch.compiler.is_compiling():
+        return _resolve_cached(backend, device.type, op)  # a constant in the traced graph
+    return _resolve(backend, device.type, op)
 
 
 def available(device_type: str, op: str = "q_sample") -> list[str]:
