@@ -7,6 +7,7 @@ Environment switches (all optional):
 - ``VDM_FAST_NO_CUDA=1``: build the C++ CPU kernels only, even where CUDA is available.
 - ``VDM_FAST_CUDA_ARCH``: the CUDA architectures to build for, in ``TORCH_CUDA_ARCH_LIST``
   syntax (default ``"8.0;9.0+PTX"``; ``TORCH_CUDA_ARCH_LIST`` itself is honoured when set).
+- ``VDM_FAST_REQUIRE_CUDA=1``: fail the build unless the CUDA kernels are built (CI sets it).
 - ``MAX_JOBS``: parallel compile jobs (ninja).
 
 CUDA sources are compiled whenever a CUDA toolkit (``nvcc``) and a CUDA build of torch are
@@ -65,6 +66,11 @@ def native_extensions():
     cuda_sources = _sources("csrc/cuda/*.cu")
     cuda_home = _find_cuda_home()
     use_cuda = bool(cuda_sources) and not _flag("VDM_FAST_NO_CUDA") and torch.version.cuda is not None and cuda_home
+    if _flag("VDM_FAST_REQUIRE_CUDA") and not use_cuda:
+        raise RuntimeError(
+            "VDM_FAST_REQUIRE_CUDA=1 but the CUDA kernels cannot be built: "
+            f"torch CUDA build: {torch.version.cuda}, nvcc found under: {cuda_home}, VDM_FAST_NO_CUDA: {_flag('VDM_FAST_NO_CUDA')}"
+        )
     if use_cuda:
         os.environ["CUDA_HOME"] = cuda_home
         cpp_extension.CUDA_HOME = cuda_home

@@ -1,0 +1,47 @@
+"""The ``vdm-fast`` command: ``env``, ``bench`` (and ``demo`` once it lands)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_env(args) -> int:
+    from . import env
+
+    env.main()
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import cli as bench_cli
+
+    return bench_cli.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vdm-fast", description="Fast, exact math for variational diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_env = sub.add_parser("env", help="versions and which backends are built")
+    p_env.set_defaults(func=_cmd_env)
+
+    p_bench = sub.add_parser("bench", help="benchmark the ops against eager PyTorch, torch.compile and diffusers")
+    p_bench.add_argument("--quick", action="store_true", help="small shapes, short timings: a smoke run")
+    p_bench.add_argument("--ops", default=None, help="comma-separated ops to run (default: all)")
+    p_bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p_bench.add_argument("--min-time", type=float, default=None, help="seconds of timing per provider and case")
+    p_bench.add_argument("--no-dram", action="store_true", help="skip the DRAM-sized cases")
+    p_bench.add_argument("--out", default="vdm_fast_out/bench", help="folder for bench.json and bench.png")
+    p_bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
