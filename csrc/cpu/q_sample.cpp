@@ -58,7 +58,7 @@ at::Tensor q_sample_cpu(const at::Tensor& x0, const at::Tensor& alpha, const at:
   check_coeff(op, "alpha", alpha, B, cdt, x0.device());
   check_coeff(op, "sigma", sigma, B, cdt, x0.device());
 
-  at::Tensor z = empty_out_like(x0);
+  at::Tensor z = new_output_like(x0);
   if (z.numel() == 0) return z;
   const at::Tensor x = in_layout_of(x0, z), n = in_layout_of(noise, z);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "q_sample_cpu", [&] {
@@ -89,8 +89,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> q_sample_backward_cpu
 
   const bool want_gx = output_mask[0], want_gn = output_mask[1];
   const bool want_sums = output_mask[2] || output_mask[3];
-  at::Tensor gx = want_gx ? empty_out_like(x0) : at::empty({0}, x0.options());
-  at::Tensor gn = want_gn ? empty_out_like(x0) : at::empty({0}, x0.options());  // one layout for all outputs
+  at::Tensor gx = want_gx ? new_output_like(x0) : at::empty({0}, x0.options());
+  at::Tensor gn = want_gn ? new_output_like(x0) : at::empty({0}, x0.options());  // one layout for all outputs
   at::Tensor ga = output_mask[2] ? at::zeros({B}, alpha.options()) : at::empty({0}, alpha.options());
   at::Tensor gs = output_mask[3] ? at::zeros({B}, sigma.options()) : at::empty({0}, sigma.options());
   if (x0.numel() == 0 || !(want_gx || want_gn || want_sums)) return {gx, gn, ga, gs};

@@ -22,29 +22,29 @@ def _diffusers_provider(x0, noise, t):
     return lambda: sched.add_noise(x0, noise, t)
 
 
+def _case(shape, device: str, compiled_ref) -> Case:
+    # Built in its own scope so every provider closes over this case's tensors.
+    x0 = torch.randn(shape, device=device)
+    noise = torch.randn(shape, device=device)
+    t = torch.randint(0, 1000, (shape[0],), device=device)
+    alpha = torch.rand(shape[0], device=device)
+    sigma = torch.rand(shape[0], device=device)
+    providers, ours = {}, []
+    for backend in backends.available(device, "q_sample"):
+        if backend == "reference" or (backend == "triton" and device == "cpu"):
+            continue  # the Triton interpreter is a correctness tool, not a benchmark
+        providers[f"vdm_fast[{backend}]"] = lambda b=backend: q_sample(x0, alpha, sigma, noise, backend=b)
+        ours.append(f"vdm_fast[{backend}]")
+    providers["eager"] = lambda: reference.q_sample(x0, alpha, sigma, noise)
+    providers["torch.compile"] = lambda: compiled_ref(x0, alpha, sigma, noise)
+    diff = _diffusers_provider(x0, noise, t)
+    if diff is not None:
+        providers["diffusers"] = diff
+    nbytes = 3 * x0.numel() * x0.element_size()  # read x0 and noise, write z
+    return Case("q_sample", f"{tuple(shape)} fp32", nbytes, providers, device=device, ours=tuple(ours))
+
+
 def cases(device: str = "cpu", quick: bool = False, dram: bool = True) -> list[Case]:
     shapes = QUICK_SHAPES if quick else SHAPES + ([DRAM_SHAPE] if dram else [])
-    compiled_ref = torch.compile(reference.q_sample)
-    out = []
-    for shape in shapes:
-        x0 = torch.randn(shape, device=device)
-        noise = torch.randn(shape, device=device)
-        t = torch.randint(0, 1000, (shape[0],), device=device)
-        alpha = torch.rand(shape[0], device=device)
-        sigma = torch.rand(shape[0], device=device)
-        providers = {}
-        ours = []
-        for backend in backends.available(device, "q_sample"):
-            if backend == "reference" or (backend == "triton" and device == "cpu"):
-                continue  # the Triton interpreter is a correctness tool, not a benchmark
-            providers[f"vdm_fast[{backend}]"] = lambda b=backend: q_sample(x0, alpha, sigma, noise, backend=b)
-            ours.append(f"vdm_fast[{backend}]")
-        providers["eager"] = lambda: reference.q_sample(x0, alpha, sigma, noise)
-        providers["torch.compile"] = lambda: compiled_ref(x0, alpha, sigma, noise)
-        diff = _diffusers_provider(x0, noise, t)
-        if diff is not None:
-            providers["diffusers"] = diff
-        nbytes = 3 * x0.numel() * x0.element_size()
-        label = f"{tuple(shape)} fp32"
-        out.append(Case("q_sample", label, nbytes, providers, device=device, ours=tuple(ours)))
-    return out
+    compiled_ref = torch.compile(reference.q_sample, dynamic=False)
+    return [_case(shape, device, compiled_ref) for shape in shapes]
