@@ -1,0 +1,50 @@
+"""PNG outputs of the demo: the sample grid (one row per class) and the training curve."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def sample_grid(pixels: torch.Tensor, rows: int, path: str, title: str) -> None:
+    """pixels: (rows*cols, 1, 8, 8) 8-bit values, row-major by class."""
+    plt = _pyplot()
+    cols = pixels.shape[0] // rows
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.5))
+    for i, ax in enumerate(axes.flat):
+        ax.imshow(pixels[i, 0].numpy(), cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i % cols == 0:
+            ax.set_ylabel(str(i // cols), rotation=0, labelpad=8, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def training_curve(history: list[dict], baseline_bpd: float, path: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    steps = [h["step"] for h in history if "train_bpd" in h]
+    ax.plot(steps, [h["train_bpd"] for h in history if "train_bpd" in h], lw=0.8, alpha=0.6, label="train (batch ELBO)")
+    evals = [h for h in history if "eval_bpd" in h]
+    if evals:
+        ax.plot([h["step"] for h in evals], [h["eval_bpd"] for h in evals], "o-", label="held-out ELBO")
+    ax.axhline(baseline_bpd, color="k", ls="--", lw=1, label=f"per-pixel baseline ({baseline_bpd:.2f})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits/dim")
+    top = max([baseline_bpd * 2] + [h["eval_bpd"] for h in evals][:1])
+    ax.set_ylim(0, top)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
