@@ -33,16 +33,17 @@ __global__ void q_sample_kernel(scalar_t* __restrict__ z, const scalar_t* __rest
   }
 }
 
-// grid = (chunks, B): block (c, b) covers elements [c*kReduceChunk, (c+1)*kReduceChunk) of sample b
-// and writes its two partial sums to partial[b, c, 0:2].
+// One block per (sample b, chunk c), flattened into grid.x = B * chunks (no 65535 limit on B):
+// it covers elements [c*kReduceChunk, (c+1)*kReduceChunk) of sample b and writes its two partial
+// sums to partial[b, c, 0:2].
 template <typename scalar_t, typename acc_t>
 __global__ void q_sample_backward_kernel(scalar_t* __restrict__ gx, scalar_t* __restrict__ gn,
                                          const scalar_t* __restrict__ g, const scalar_t* __restrict__ x0,
                                          const scalar_t* __restrict__ noise, const acc_t* __restrict__ alpha,
-                                         const acc_t* __restrict__ sigma, int64_t D, bool want_sums,
-                                         double* __restrict__ partial) {
+                                         const acc_t* __restrict__ sigma, int64_t D, int64_t chunks,
+                                         bool want_sums, double* __restrict__ partial) {
   __shared__ acc_t shared[kThreads / 32];
-  const int64_t b = blockIdx.y, c = blockIdx.x;
+  const int64_t b = blockIdx.x / chunks, c = blockIdx.x % chunks;
   const int64_t begin = b * D + c * kReduceChunk;
   const int64_t end = b * D + min(D, (c + 1) * kReduceChunk);
   const acc_t a = alpha[b], s = sigma[b];
@@ -60,7 +61,7 @@ __global__ void q_sample_backward_kernel(scalar_t* __restrict__ gx, scalar_t* __
   sx = block_sum(sx, shared);
   sn = block_sum(sn, shared);
   if (threadIdx.x == 0) {
-    const int64_t slot = (b * gridDim.x + c) * 2;
+    const int64_t slot = (b * chunks + c) * 2;
     partial[slot] = static_cast<double>(sx);
     partial[slot + 1] = static_cast<double>(sn);
   }
@@ -125,16 +126,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> q_sample_backward_cud
   const at::Tensor g = in_layout_of(grad, layout);
   const at::Tensor x = in_layout_of(x0, layout), n = in_layout_of(noise, layout);
   const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
-  TORCH_CHECK(B <= 65535, op, ": batch size ", B, " exceeds the CUDA grid limit of 65535 for this backward");
   at::Tensor partial = at::empty({B, chunks, 2}, x0.options().dtype(at::kDouble));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "q_sample_backward_cuda", [&] {
     using acc = acc_t<scalar_t>;
-    const dim3 grid(static_cast<unsigned int>(chunks), static_cast<unsigned int>(B));
-    q_sample_backward_kernel<scalar_t, acc><<<grid, kThreads, 0, stream>>>(
+    TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
+    q_sample_backward_kernel<scalar_t, acc><<<static_cast<unsigned int>(B * chunks), kThreads, 0, stream>>>(
         want_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr, want_gn ? gn.mutable_data_ptr<scalar_t>() : nullptr,
         g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), n.const_data_ptr<scalar_t>(),
-        alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), D, want_sums, partial.mutable_data_ptr<double>());
+        alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), D, chunks, want_sums,
+        partial.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (want_sums) {
