@@ -67,6 +67,12 @@ class QSample : public torch::autograd::Function<QSample> {
 
 at::Tensor q_sample_autograd(const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma,
                              const at::Tensor& noise) {
+  // Sampling loops call this with nothing requiring grad: skip building an autograd node.
+  if (!at::GradMode::is_enabled() ||
+      !(x0.requires_grad() || alpha.requires_grad() || sigma.requires_grad() || noise.requires_grad())) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return q_sample_call(x0, alpha, sigma, noise);
+  }
   return QSample::apply(x0, alpha, sigma, noise);
 }
 

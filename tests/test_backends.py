@@ -12,9 +12,9 @@ from vdm_fast import backends
 
 @pytest.fixture(autouse=True)
 def _fresh_resolution():
-    backends._resolve.cache_clear()
+    backends.clear_cache()
     yield
-    backends._resolve.cache_clear()
+    backends.clear_cache()
 
 
 def test_env_var_overrides_default(monkeypatch):
@@ -38,7 +38,7 @@ def test_automatic_choice_falls_back_with_one_warning(monkeypatch):
     backends._warned.discard(("q_sample", "cpu"))
     with pytest.warns(RuntimeWarning, match="reference"):
         assert backends.resolve(None, torch.device("cpu"), "q_sample") == "reference"
-    backends._resolve.cache_clear()
+    backends.clear_cache()
     import warnings
 
     with warnings.catch_warnings():

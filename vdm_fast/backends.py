@@ -99,9 +99,24 @@ def _resolve(requested: str | None, device_type: str, op: str) -> str:
 
 def resolve(backend: str | None, device: torch.device, op: str) -> str:
     """The backend that runs ``op`` on ``device`` given the caller's ``backend`` argument."""
-    if torch.compiler.is_compiling():
-        return _resolve_cached(backend, device.type, op)  # a constant in the traced graph
-    return _resolve(backend, device.type, op)
+    # A plain dict lookup: this runs on every op call. Under torch.compile a hit is a guarded
+    # constant; a miss goes through assume_constant_result so the choice is still a constant.
+    key = (backend, device.type, op)
+    found = _memo.get(key)
+    if found is None:
+        if torch.compiler.is_compiling():
+            return _resolve_cached(backend, device.type, op)
+        found = _memo[key] = _resolve(backend, device.type, op)
+    return found
+
+
+_memo: dict[tuple, str] = {}
+
+
+def clear_cache() -> None:
+    """Forget every resolved choice (after changing VDM_FAST_BACKEND in-process, or in tests)."""
+    _memo.clear()
+    _resolve.cache_clear()
 
 
 def available(device_type: str, op: str = "q_sample") -> list[str]:
