@@ -9,6 +9,8 @@ kernels promise. Written for clarity, not speed; autograd gives the gradients.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._checks import compute_dtype
@@ -37,7 +39,8 @@ CDFS = ("erf", "tanh")
 
 
 def _sum_per_sample(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1).sum(1)
+    # reshape(B, -1) cannot infer -1 when B = 0: give D explicitly so empty batches work.
+    return t.reshape(t.shape[0], math.prod(t.shape[1:])).sum(1)
 
 
 def regression_target(x0, noise, alpha, sigma, target: str) -> torch.Tensor:
@@ -131,3 +134,40 @@ def discretized_gaussian_nll(x0, mean, log_scale, cdf: str = "erf") -> torch.Ten
         log_delta = log_hi + torch.log1p(-torch.exp(log_lo - log_hi))
     log_probs = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
     return -_sum_per_sample(log_probs)
+
+
+# --- the reverse step (DESIGN.md §4.6) --------------------------------------------------------------
+
+STEP_COEFFS = ("a_z", "a_m", "c_z", "c_m", "c_x", "c_n")
+
+
+def reverse_step(z, model_out, coeffs, uncond=None, guidance_scale=None, classifier_grad=None,
+                 grad_scale=None, clip=None, noise=None, generator=None) -> torch.Tensor:
+    """One step of any sampler of DESIGN.md §5, per element:
+
+    m = model_out, or uncond + w (model_out - uncond) with classifier-free guidance;
+    m = m + grad_scale * classifier_grad (classifier guidance);
+    x̂ = a_z z + a_m m, clamped to [-clip, clip] when clip is given;
+    z_next = c_z z + c_m m + c_x x̂ + c_n n.
+
+    ``coeffs`` is a (6, B) tensor in the compute dtype, rows (a_z, a_m, c_z, c_m, c_x, c_n);
+    ``guidance_scale`` and ``grad_scale`` are (B,) or None; ``clip`` a float or None. ``noise``
+    None draws standard normal noise (only when some c_n is non-zero).
+    """
+    cdt = compute_dtype(z.dtype)
+    a_z, a_m, c_z, c_m, c_x, c_n = (_per_sample_view(c.to(cdt), z) for c in coeffs.unbind(0))
+    zc, m = z.to(cdt), model_out.to(cdt)
+    if uncond is not None:
+        u = uncond.to(cdt)
+        m = u + _per_sample_view(guidance_scale.to(cdt), z) * (m - u)
+    if classifier_grad is not None:
+        m = m + _per_sample_view(grad_scale.to(cdt), z) * classifier_grad.to(cdt)
+    x_hat = a_z * zc + a_m * m
+    if clip is not None:
+        x_hat = x_hat.clamp(-clip, clip)
+    out = c_z * zc + c_m * m + c_x * x_hat
+    if noise is None and bool((coeffs[5] != 0).any()):
+        noise = torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
+    if noise is not None:
+        out = out + c_n * noise.to(cdt)
+    return out.to(z.dtype)
