@@ -1,9 +1,8 @@
-"""The ``vdm-fast`` command: ``env``, ``bench`` (and ``demo`` once it lands)."""
+"""The ``vdm-fast`` command: ``demo``, ``bench``, ``env``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -20,9 +19,23 @@ def _cmd_bench(args) -> int:
     return bench_cli.main(args)
 
 
+def _cmd_demo(args) -> int:
+    from .demo import train
+
+    train.run(args)
+    train.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdm-fast", description="Fast, exact math for variational diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p_demo = sub.add_parser("demo", help="train a class-conditional VDM on 8x8 digits: bits/dim, guided samples")
+    from .demo.options import add_demo_arguments
+
+    add_demo_arguments(p_demo)
+    p_demo.set_defaults(func=_cmd_demo)
 
     p_env = sub.add_parser("env", help="versions and which backends are built")
     p_env.set_defaults(func=_cmd_env)

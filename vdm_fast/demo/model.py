@@ -1,9 +1,19 @@
-"""The demo's denoiser: a small conditional MLP over the 64 pixels of a digit.
+"""The demo's denoiser: a small conditional MLP over the 64 pixels of a digit, with a posterior
+head over the 256 8-bit values.
 
 Inputs: z_t, the log-SNR (as Fourier features, so the network sees the noise level on a scale
 that spans the whole schedule), and a class label with an extra "null" class for classifier-free
-guidance. Output: the noise estimate eps_hat (the eps parameterization). An MLP is the right
-size for 8x8 images on two CPU cores: a step costs well under a millisecond.
+guidance. Output: the noise estimate eps_hat (the eps parameterization).
+
+Why the head: the data are discrete (8-bit values; the digits use 17 of them). At low noise the
+best denoiser snaps z_t / alpha_t to the right value, which an MLP regressing eps learns only
+slowly, and every bit it misses there costs bits/dim in the diffusion term. So the network
+predicts, per pixel, logits over the 256 bin centres c_k; they are added to the exact Gaussian
+log-likelihood of z_t under each bin, -(z - alpha c_k)^2 / (2 sigma^2), and x̂ is the posterior
+mean sum_k softmax_k c_k. The network output is then a learned prior over values (correlations
+included); at low noise the likelihood dominates and x̂ snaps exactly. The eps estimate is
+ε̂ = (z - alpha x̂) / sigma (DESIGN.md §2), so the model is an ordinary eps model to the ELBO and
+samplers. An MLP is the right size for 8x8 images on two CPU cores.
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ import torch
 from torch import nn
 
 from .data import NUM_CLASSES
+
+LEVELS = 256
 
 
 class FourierFeatures(nn.Module):
@@ -29,21 +41,31 @@ class FourierFeatures(nn.Module):
 class Denoiser(nn.Module):
     NULL_CLASS = NUM_CLASSES  # the label of the unconditional model
 
-    def __init__(self, dim: int = 64, hidden: int = 512, depth: int = 4, embed: int = 64):
+    def __init__(self, dim: int = 64, hidden: int = 256, depth: int = 3, embed: int = 64):
         super().__init__()
+        self.dim = dim
         self.time = FourierFeatures(embed)
         self.label = nn.Embedding(NUM_CLASSES + 1, embed)
         self.inp = nn.Linear(dim + 2 * embed, hidden)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth)
         )
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim * LEVELS))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        self.value_prior = nn.Parameter(torch.zeros(dim, LEVELS))  # per-pixel logits, learned fast
+        self.register_buffer("centres", 2 * (torch.arange(LEVELS, dtype=torch.float32) + 0.5) / LEVELS - 1)
 
     def forward(self, z: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        shape = z.shape
-        h = self.inp(torch.cat([z.reshape(shape[0], -1), self.time(log_snr), self.label(labels)], dim=1))
+        shape, batch = z.shape, z.shape[0]
+        alpha2, sigma2 = torch.sigmoid(log_snr)[:, None], torch.sigmoid(-log_snr)[:, None]
+        zf = z.reshape(batch, self.dim)
+        scaled = zf * torch.rsqrt(alpha2 * 0.25 + sigma2)  # roughly unit variance at every noise level
+        h = self.inp(torch.cat([scaled, self.time(log_snr), self.label(labels)], dim=1))
         for block in self.blocks:
             h = h + block(h)
-        return self.out(h).reshape(shape)
+        prior_logits = self.out(h).reshape(batch, self.dim, LEVELS) + self.value_prior
+        alpha = alpha2.sqrt()[..., None]
+        log_lik = -(zf[..., None] - alpha * self.centres) ** 2 / (2 * sigma2[..., None])
+        x_hat = torch.softmax(prior_logits + log_lik, dim=-1) @ self.centres
+        return ((zf - alpha[..., 0] * x_hat) * torch.rsqrt(sigma2)).reshape(shape)

@@ -36,6 +36,7 @@ from . import checkpoint, data
 from .baseline import PerPixelCategorical
 from .classifier import DigitClassifier
 from .model import Denoiser
+from .options import add_demo_arguments
 
 LABEL_DROPOUT = 0.1
 
@@ -46,10 +47,12 @@ LABEL_DROPOUT = 0.1
 class VDM(nn.Module):
     """The denoiser and its learned schedule, trained together (one module for DDP)."""
 
-    def __init__(self, hidden: int = 512, depth: int = 4):
+    def __init__(self, hidden: int = 256, depth: int = 3):
         super().__init__()
         self.net = Denoiser(hidden=hidden, depth=depth)
-        self.schedule = LearnedLinearGamma(gamma_min=-10.0, gamma_max=7.0)
+        # gamma(0) = -13.5: sigma_0 ~ 1e-3, a sixth of an 8-bit bin, so the categorical decoder
+        # costs ~0 bits; gamma(1) = 7: the prior term is ~5e-4 bits/dim. Both endpoints are learned.
+        self.schedule = LearnedLinearGamma(gamma_min=-13.5, gamma_max=7.0)
 
     def eps_model(self, labels: torch.Tensor):
         """``model(z_t, t)`` for vdm_fast.elbo: the network sees log-SNR(t) and the labels."""
@@ -140,26 +143,6 @@ def sample(vdm: VDM, per_class: int, steps: int, guidance_scale: float, seed: in
 # --- the command --------------------------------------------------------------------------------
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="vdm-fast demo", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a short run (under 3 minutes on 2 CPU cores)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 12000; 3000 with --quick)")
-    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-every", type=int, default=None, help="steps between held-out evaluations")
-    p.add_argument("--ckpt-every", type=int, default=500)
-    p.add_argument("--eval-repeats", type=int, default=None, help="(t, eps) draws per held-out image")
-    p.add_argument("--samples-per-class", type=int, default=10)
-    p.add_argument("--sample-steps", type=int, default=None, help="ancestral sampling steps (default 250; 100 with --quick)")
-    p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance scale w (1 = conditional)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--out", default="vdm_fast_out/demo", help="folder for checkpoint, PNGs and summary.json")
-    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -169,7 +152,7 @@ def _distributed() -> tuple[int, int]:
 
 
 def run(args) -> dict:
-    steps = args.steps or (3000 if args.quick else 12000)
+    steps = args.steps or (1200 if args.quick else 6000)
     eval_every = args.eval_every or max(steps // 6, 1)
     repeats = args.eval_repeats or (4 if args.quick else 16)
     sample_steps = args.sample_steps or (100 if args.quick else 250)
@@ -189,13 +172,14 @@ def run(args) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
-    start, history = 0, []
+    start, history, resumed_from = 0, [], None
     state = None if args.fresh else checkpoint.load(ckpt_path)
     if state is not None:
         vdm.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["lr_schedule"])
         start, history = int(state["step"]), json.loads(state["history"])
+        resumed_from = start
         log(f"resumed from {ckpt_path} at step {start}")
     ddp = nn.parallel.DistributedDataParallel(vdm) if world > 1 else vdm
 
@@ -235,7 +219,7 @@ def run(args) -> dict:
     train_seconds = time.time() - t0
 
     final = evaluate(vdm, held_out, device, repeats, args.seed, rank, world)
-    summary = {"steps": steps, "processes": world, "train_seconds": round(train_seconds, 1),
+    summary = {"steps": steps, "resumed_from": resumed_from, "processes": world, "train_seconds": round(train_seconds, 1),
                "held_out": final, "baseline_bpd": baseline_bpd,
                "gamma_0": vdm.schedule.gamma_min.item(), "gamma_1": vdm.schedule.gamma_max.item()}
     if rank == 0:
@@ -269,8 +253,19 @@ def run(args) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
+def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vdm_fast.demo.train`` (what torchrun launches): the same as ``vdm-fast demo``."""
+    parser = argparse.ArgumentParser(prog="vdm-fast demo", description=__doc__.splitlines()[0])
+    add_demo_arguments(parser)
+    run(parser.parse_args(argv))
+    shutdown()
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
