@@ -70,3 +70,14 @@ def test_bad_timesteps_name_the_argument():
         schedules.LinearGamma(5.0, -13.3)
     with pytest.raises(ValueError, match="betas"):
         schedules.DiscreteSchedule(torch.tensor([0.1, 1.5]))
+
+
+@pytest.mark.parametrize("bad", [[-1], [0, 10], [1000]])
+def test_discrete_timesteps_out_of_range_raise_naming_t(bad):
+    sched = schedules.DiscreteSchedule.linear(10)
+    with pytest.raises(RuntimeError, match=r"t: timesteps must lie in 0\.\.9"):
+        sched.gamma(torch.tensor(bad))
+
+
+def test_discrete_empty_timesteps():
+    assert schedules.DiscreteSchedule.linear(10).gamma(torch.zeros(0, dtype=torch.long)).shape == (0,)

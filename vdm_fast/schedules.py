@@ -119,7 +119,14 @@ class DiscreteSchedule(Schedule):
         t = torch.as_tensor(t)
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"t must hold integer timesteps 0..{self.num_timesteps - 1}, got dtype {t.dtype}")
-        return t.long()
+        t = t.long()
+        if t.numel():
+            # Out-of-range timesteps would index out of bounds (or, if negative, wrap around
+            # silently). torch._assert_async checks without a host sync on a GPU (the error then
+            # surfaces at the next synchronisation) and at once on the CPU.
+            in_range = ((t >= 0) & (t < self.num_timesteps)).all()
+            torch._assert_async(in_range, f"t: timesteps must lie in 0..{self.num_timesteps - 1}")
+        return t
 
     def gamma(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """gamma at integer timesteps ``t`` (any shape), on t's device."""
