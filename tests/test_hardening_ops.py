@@ -1,0 +1,257 @@
+"""Hardening of every op (issue 7): property-based equality with the reference on every backend
+that runs here, the bad-input catalogue, the NaN/Inf and domain policy (docs/DESIGN_NOTES.md,
+"Policies"), and extreme schedules.
+
+Hypothesis profiles as in tests/test_hardening.py (``ci`` by default, ``HYPOTHESIS_PROFILE=dev``
+for a longer local run).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import vdm_fast
+from vdm_fast import backends
+
+from strategies import close_to_reference, coefficient, data_tensors
+
+
+def _cpu_backends(op: str) -> list[str]:
+    return [b for b in backends.BACKENDS if b != "reference" and backends.unavailable_reason(b, "cpu", op) is None]
+
+
+def _pick_backend(data, op: str, numel: int) -> str:
+    names = _cpu_backends(op)
+    if not names:
+        pytest.skip(f"no fused CPU backend of {op} built")
+    backend = data.draw(st.sampled_from(names))
+    if backend == "triton" and numel > 20_000 and len(names) > 1:
+        backend = [b for b in names if b != "triton"][0]  # the interpreter is slow: keep its cases small
+    return backend
+
+
+def _positive(coeff, batch):
+    """A coefficient drawn by ``coefficient`` made strictly positive (for sigma where a log is taken)."""
+    if isinstance(coeff, float):
+        return abs(coeff) + 0.05
+    return coeff.abs() + 0.05
+
+
+def _unchanged(before, after):
+    for b, a in zip(before, after):
+        assert torch.equal(b, a), "an input was modified"
+
+
+# --- property-based equality, per op -----------------------------------------------------------------
+
+
+@given(data=st.data())
+def test_sq_error_property(data):
+    pred, x0, noise = data.draw(data_tensors(3))
+    batch = x0.shape[0]
+    alpha, sigma = data.draw(coefficient(batch)), _positive(data.draw(coefficient(batch)), batch)
+    target = data.draw(st.sampled_from(["eps", "x0", "v", "score"]))
+    backend = _pick_backend(data, "sq_error", x0.numel())
+    before = [t.clone() for t in (pred, x0, noise)]
+    ours = vdm_fast.sq_error(pred, x0, noise, alpha, sigma, target, backend=backend)
+    ref = vdm_fast.sq_error(pred, x0, noise, alpha, sigma, target, backend="reference")
+    assert ours.shape == (batch,)
+    torch.testing.assert_close(ours, ref, rtol=1e-4 if x0.dtype != torch.float64 else 1e-10, atol=1e-4)
+    _unchanged(before, (pred, x0, noise))
+
+
+@given(data=st.data())
+def test_prior_kl_property(data):
+    (x0,) = data.draw(data_tensors(1))
+    batch = x0.shape[0]
+    alpha, sigma = data.draw(coefficient(batch)), _positive(data.draw(coefficient(batch)), batch)
+    backend = _pick_backend(data, "prior_kl", x0.numel())
+    before = x0.clone()
+    ours = vdm_fast.prior_kl(x0, alpha, sigma, backend=backend)
+    ref = vdm_fast.prior_kl(x0, alpha, sigma, backend="reference")
+    torch.testing.assert_close(ours, ref, rtol=1e-4 if x0.dtype != torch.float64 else 1e-10, atol=1e-3)
+    _unchanged([before], [x0])
+
+
+@given(data=st.data())
+def test_recon_nll_property(data):
+    raw, z0 = data.draw(data_tensors(2))
+    x0 = (2 * (torch.randint(0, 256, raw.shape) + 0.5) / 256 - 1).to(raw.dtype)
+    batch = x0.shape[0]
+    alpha = _positive(data.draw(coefficient(batch)), batch)
+    sigma = data.draw(st.sampled_from([1e-3, 0.01, 0.3, 1.0]))
+    backend = _pick_backend(data, "recon_nll", x0.numel())
+    before = [t.clone() for t in (x0, z0)]
+    ours = vdm_fast.recon_nll(x0, z0, alpha, sigma, backend=backend)
+    ref = vdm_fast.recon_nll(x0, z0, alpha, sigma, backend="reference")
+    torch.testing.assert_close(ours, ref, rtol=1e-4 if x0.dtype != torch.float64 else 1e-9, atol=1e-3)
+    _unchanged(before, (x0, z0))
+
+
+@given(data=st.data())
+def test_discretized_gaussian_nll_property(data):
+    raw, mean, log_scale = data.draw(data_tensors(3))
+    x0 = (torch.randint(0, 256, raw.shape) / 127.5 - 1).to(raw.dtype)
+    cdf = data.draw(st.sampled_from(["erf", "tanh"]))
+    backend = _pick_backend(data, "discretized_gaussian_nll", x0.numel())
+    log_scale = log_scale.clamp(-4, 1)
+    before = [t.clone() for t in (x0, mean, log_scale)]
+    ours = vdm_fast.discretized_gaussian_nll(x0, mean, log_scale, cdf=cdf, backend=backend)
+    ref = vdm_fast.discretized_gaussian_nll(x0, mean, log_scale, cdf=cdf, backend="reference")
+    torch.testing.assert_close(ours, ref, rtol=1e-4 if x0.dtype != torch.float64 else 1e-9, atol=1e-3)
+    _unchanged(before, (x0, mean, log_scale))
+
+
+@given(data=st.data())
+def test_reverse_step_property(data):
+    z, m, u, g, n = data.draw(data_tensors(5))
+    batch = z.shape[0]
+    coeffs = [data.draw(coefficient(batch)) for _ in range(6)]
+    kwargs = {"noise": n}
+    if data.draw(st.booleans()):
+        kwargs.update(uncond=u, guidance_scale=data.draw(coefficient(batch)))
+    if data.draw(st.booleans()):
+        kwargs.update(classifier_grad=g, grad_scale=data.draw(coefficient(batch)))
+    if data.draw(st.booleans()):
+        kwargs["clip"] = data.draw(st.sampled_from([0.5, 1.0, 3.0]))
+    backend = _pick_backend(data, "reverse_step", z.numel())
+    before = [t.clone() for t in (z, m, u, g, n)]
+    with torch.inference_mode():
+        ours = vdm_fast.reverse_step(z, m, coeffs, backend=backend, **kwargs)
+        ref = vdm_fast.reverse_step(z, m, coeffs, backend="reference", **kwargs)
+    assert ours.shape == z.shape and ours.dtype == z.dtype
+    if z.dtype in (torch.float16, torch.bfloat16):
+        # Chained fp32 math rounded once vs the reference's same math: a few units of the dtype.
+        eps = torch.finfo(z.dtype).eps
+        scale = ref.double().abs().max().item() if ref.numel() else 0.0
+        torch.testing.assert_close(ours.double(), ref.double(), rtol=2 * eps, atol=2 * eps * max(scale, 1.0))
+    else:
+        close_to_reference(ours, ref)
+    _unchanged(before, (z, m, u, g, n))
+
+
+# --- the bad-input catalogue ------------------------------------------------------------------------
+
+X = torch.randn(3, 2, 4)
+GRID = (2 * (torch.randint(0, 256, (3, 2, 4)) + 0.5) / 256 - 1).float()
+DDPM = (torch.randint(0, 256, (3, 2, 4)) / 127.5 - 1).float()
+OPS = {
+    "q_sample": (lambda **k: vdm_fast.q_sample(**k), dict(x0=X, alpha=0.5, sigma=0.5, noise=X)),
+    "sq_error": (lambda **k: vdm_fast.sq_error(**k), dict(pred=X, x0=X, noise=X, alpha=0.5, sigma=0.5)),
+    "prior_kl": (lambda **k: vdm_fast.prior_kl(**k), dict(x0=X, alpha_1=0.1, sigma_1=0.9)),
+    "recon_nll": (lambda **k: vdm_fast.recon_nll(**k), dict(x0=GRID, z0=X, alpha_0=1.0, sigma_0=0.01)),
+    "discretized_gaussian_nll": (lambda **k: vdm_fast.discretized_gaussian_nll(**k),
+                                 dict(x0=DDPM, mean=X, log_scale=X.clamp(-3, 0))),
+    "reverse_step": (lambda **k: vdm_fast.reverse_step(**k), dict(z=X, model_out=X, coeffs=[0.5] * 6, noise=X)),
+}
+DATA_ARGS = {op: [k for k, v in kw.items() if isinstance(v, torch.Tensor)] for op, (_, kw) in OPS.items()}
+COEFF_ARGS = {op: [k for k, v in kw.items() if isinstance(v, float)] for op, (_, kw) in OPS.items()}
+
+
+def _cases():
+    for op, (fn, kwargs) in OPS.items():
+        for name in DATA_ARGS[op][1:]:
+            yield pytest.param(op, name, kwargs[name][:, :1], ValueError, id=f"{op}-{name}-shape")
+            yield pytest.param(op, name, kwargs[name].double(), TypeError, id=f"{op}-{name}-dtype")
+            yield pytest.param(op, name, kwargs[name].to("meta"), ValueError, id=f"{op}-{name}-device")
+        first = DATA_ARGS[op][0]
+        yield pytest.param(op, first, kwargs[first].long(), TypeError, id=f"{op}-{first}-integer")
+        yield pytest.param(op, first, kwargs[first] > 0, TypeError, id=f"{op}-{first}-bool")
+        yield pytest.param(op, first, kwargs[first].numpy(), TypeError, id=f"{op}-{first}-not-a-tensor")
+        for name in COEFF_ARGS[op]:
+            yield pytest.param(op, name, torch.ones(4), ValueError, id=f"{op}-{name}-length")
+            yield pytest.param(op, name, torch.ones(3, dtype=torch.long), TypeError, id=f"{op}-{name}-integer")
+            yield pytest.param(op, name, torch.ones(3, device="meta"), ValueError, id=f"{op}-{name}-device")
+            yield pytest.param(op, name, "0.5", TypeError, id=f"{op}-{name}-string")
+
+
+@pytest.mark.parametrize("op, name, bad, error", list(_cases()))
+def test_bad_input_names_the_argument_and_modifies_nothing(op, name, bad, error):
+    fn, kwargs = OPS[op]
+    kwargs = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    before = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+    kwargs[name] = bad
+    with pytest.raises(error, match=name):
+        fn(**kwargs)
+    for k, v in before.items():
+        assert torch.equal(kwargs[k], v) or k == name
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: vdm_fast.sq_error(X, X, X, 0.5, 0.5, "noise"), "target"),
+    (lambda: vdm_fast.recon_nll(GRID, X, 1.0, 0.01, decoder="gaussian"), "decoder"),
+    (lambda: vdm_fast.discretized_gaussian_nll(DDPM, X, X, cdf="logistic"), "cdf"),
+    (lambda: vdm_fast.q_sample(X, 0.5, 0.5, X, backend="gpu"), "backend"),
+    (lambda: vdm_fast.reverse_step(X, X, [0.5] * 5), "coeffs"),
+    (lambda: vdm_fast.reverse_step(X, X, [0.5] * 6, clip=-1.0), "clip"),
+    (lambda: vdm_fast.reverse_step(X, X, [0.5] * 6, uncond=X), "guidance_scale"),
+])
+def test_unknown_names_and_options_raise(call, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        call()
+
+
+# --- policies: domain errors and NaN/Inf -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda s: vdm_fast.prior_kl(X, 0.5, s), "sigma_1"),
+    (lambda s: vdm_fast.recon_nll(GRID, X, 1.0, s), "sigma_0"),
+])
+@pytest.mark.parametrize("sigma", [0.0, -0.5])
+def test_sigma_not_positive_where_a_log_is_taken(call, name, sigma):
+    with pytest.raises((ValueError, RuntimeError), match=name):
+        call(torch.full((3,), sigma))
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: vdm_fast.recon_nll(x, X, 1.0, 0.01),
+    lambda x: vdm_fast.discretized_gaussian_nll(x, X, X.clamp(-3, 0)),
+])
+@pytest.mark.parametrize("value", [1.5, -1.01, float("nan")])
+def test_decoder_data_out_of_range(call, value):
+    x = GRID.clone()
+    x[1, 0, 2] = value
+    with pytest.raises((ValueError, RuntimeError), match="x0"):
+        call(x)
+
+
+def test_nan_coefficient_poisons_only_its_own_sample():
+    """Policy: coefficients are not scanned for NaN/Inf (a scan is a host sync on a GPU); samples
+    are independent, so a bad coefficient of sample b affects output b only, on every backend."""
+    alpha = torch.tensor([0.5, float("nan"), 0.5])
+    sigma = torch.tensor([0.5, 0.5, float("inf")])
+    for backend in _cpu_backends("q_sample") + ["reference"]:
+        z = vdm_fast.q_sample(X, alpha, sigma, X, backend=backend)
+        assert torch.isfinite(z[0]).all() and torch.isnan(z[1]).all() and not torch.isfinite(z[2]).all()
+    for backend in _cpu_backends("sq_error") + ["reference"]:
+        e = vdm_fast.sq_error(X, X, X, alpha, sigma, "v", backend=backend)
+        assert torch.isfinite(e[0]) and not torch.isfinite(e[1]) and not torch.isfinite(e[2])
+
+
+# --- extreme schedules --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gamma", [-20.0, -13.3, 0.0, 13.3, 20.0])
+def test_extreme_schedule_values_stay_finite(gamma):
+    g = torch.full((3,), gamma)
+    alpha, sigma = torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
+    assert (alpha > 0).all() and (sigma > 0).all()
+    for backend in _cpu_backends("q_sample") + ["reference"]:
+        assert torch.isfinite(vdm_fast.q_sample(X, alpha, sigma, X, backend=backend)).all()
+    for target in ("eps", "x0", "v", "score"):
+        assert torch.isfinite(vdm_fast.sq_error(X, X, X, alpha, sigma, target)).all()
+    assert torch.isfinite(vdm_fast.prior_kl(X, alpha, sigma)).all()
+    z0 = vdm_fast.q_sample(GRID, alpha, sigma, X)
+    nll = vdm_fast.recon_nll(GRID, z0, alpha, sigma)
+    assert torch.isfinite(nll).all() and (nll >= -1e-4).all()
+    # at gamma = -20 the decoder is certain: -log p ~ 0; at +20 it is uniform over 256 values
+    if gamma == -20.0:
+        assert nll.max() < 1e-3
+    if gamma == 20.0:
+        torch.testing.assert_close(nll, torch.full((3,), 8 * math.log(256)), rtol=1e-3, atol=1e-3)
