@@ -62,6 +62,10 @@ from . import _diffusers_coeffs as coeffs
 class _FusedForwardProcess:
     """add_noise / get_velocity on the fused q_sample op, shared by both schedulers."""
 
+    # The vdm_fast backend of every fused call (None: the default choice, see vdm_fast.backends).
+    # A plain attribute, not config: it is not saved by save_pretrained.
+    vdm_fast_backend: str | None = None
+
     def _vdm_schedule(self) -> DiscreteSchedule:
         # Built lazily from the betas diffusers computed (any beta_schedule, trained_betas and
         # rescale_betas_zero_snr included), rebuilt if the betas object is replaced.
@@ -80,12 +84,12 @@ class _FusedForwardProcess:
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """z_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, fused; timesteps per sample or one for all."""
         alpha, sigma = self._vdm_coefficients(timesteps, original_samples)
-        return q_sample(original_samples, alpha, sigma, noise)
+        return q_sample(original_samples, alpha, sigma, noise, backend=self.vdm_fast_backend)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0: q_sample with the roles of x0 and noise swapped."""
         alpha, sigma = self._vdm_coefficients(timesteps, sample)
-        return q_sample(noise, alpha, -sigma, sample)
+        return q_sample(noise, alpha, -sigma, sample, backend=self.vdm_fast_backend)
 
 
 def _same_state(a: tuple, b: tuple) -> bool:
@@ -274,8 +278,10 @@ class DDPMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDPMSche
                                  dtype=model_output.dtype)
             if learned:
                 noise = self._vdm_learned_noise(cols, predicted_variance, noise)
-        prev_sample = reverse_step(sample, model_output, cols[coeffs.STEP], clip=clip, noise=noise)
-        pred_original_sample = reverse_step(sample, model_output, cols[coeffs.X0], clip=clip)
+        prev_sample = reverse_step(sample, model_output, cols[coeffs.STEP], clip=clip, noise=noise,
+                                   backend=self.vdm_fast_backend)
+        pred_original_sample = reverse_step(sample, model_output, cols[coeffs.X0], clip=clip,
+                                            backend=self.vdm_fast_backend)
         if not return_dict:
             return (prev_sample, pred_original_sample)
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
@@ -349,8 +355,10 @@ class DDIMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDIMSche
                                      dtype=model_output.dtype)
             else:
                 noise = _checks.same_as(op, "variance_noise", variance_noise, sample, "sample")
-        prev_sample = reverse_step(sample, model_output, cols[coeffs.STEP], clip=clip, noise=noise)
-        pred_original_sample = reverse_step(sample, model_output, cols[coeffs.X0], clip=clip)
+        prev_sample = reverse_step(sample, model_output, cols[coeffs.STEP], clip=clip, noise=noise,
+                                   backend=self.vdm_fast_backend)
+        pred_original_sample = reverse_step(sample, model_output, cols[coeffs.X0], clip=clip,
+                                            backend=self.vdm_fast_backend)
         if not return_dict:
             return (prev_sample, pred_original_sample)
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
