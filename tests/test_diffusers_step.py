@@ -3,10 +3,11 @@
 Parity rule (fp32): diffusers computes its coefficients in float32, and at the first timesteps
 (1 - alpha_t of order 1e-4) that arithmetic alone is off by more than 1e-5. So every step is run
 three times: ours, diffusers', and diffusers' own code in float64 on the same inputs (tables in
-float64: the truth). Ours must be within 1e-5 of the truth (relative to the output's scale), or
-within twice diffusers' own error where that is larger, at every timestep; where diffusers is itself within 1e-5 / 2 of the truth, ours must be within 1e-5
-of diffusers; where diffusers is off by more than 2e-5, ours must be closer to the truth. A test also checks that
-most timesteps take the direct comparison, so the rule cannot quietly degrade into the fallback.
+float64: the truth). At every timestep ours must be within 1e-5 of the truth (relative to the
+output's scale), or within twice diffusers' own error where that is larger; where diffusers is
+itself within 1e-5 / 2 of the truth, ours must be within 1e-5 of diffusers; where diffusers is off
+by more than 2e-5, ours must be closer to the truth. Each test also checks that most timesteps
+take the direct comparison, so the rule cannot quietly degrade into the fallback.
 """
 
 import contextlib
@@ -119,7 +120,8 @@ class Parity:
             err_theirs = (y.double() - z).abs().max().item() / scale
             # x̂ of epsilon-prediction at large t cancels terms of size 1/sqrt(alpha_bar) ~ 100s, so the
             # float32 rounding of any implementation can exceed TOL of the result: allow twice diffusers'.
-            assert err_ours <= max(TOL, 2 * err_theirs), f"{name}: ours off the float64 truth by {err_ours:.3g}, diffusers by {err_theirs:.3g}"
+            assert err_ours <= max(TOL, 2 * err_theirs), \
+                f"{name}: ours off the float64 truth by {err_ours:.3g}, diffusers by {err_theirs:.3g}"
             if err_theirs <= TOL / 2:
                 self.direct += 1
                 torch.testing.assert_close(x, y, rtol=0, atol=TOL * scale, msg=lambda m: f"{name}: {m}")
@@ -202,7 +204,8 @@ def test_ddpm_custom_timesteps():
 @pytest.mark.parametrize("config", [
     dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
     dict(beta_schedule="squaredcos_cap_v2"),
-    dict(beta_schedule="linear", rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing"),
+    dict(beta_schedule="linear", rescale_betas_zero_snr=True, prediction_type="v_prediction",
+         timestep_spacing="trailing"),
     dict(trained_betas=torch.linspace(1e-4, 0.03, 300).tolist(), num_train_timesteps=300),
 ], ids=["scaled_linear", "cosine", "zero_snr", "trained_betas"])
 @pytest.mark.parametrize("kind", ["DDPMScheduler", "DDIMScheduler"])
@@ -498,3 +501,34 @@ def test_ddim_bad_arguments():
         bad = ours.DDIMScheduler(prediction_type="score")
         bad.set_timesteps(10)
         bad.step(model_output, 901, sample)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: tables built on the sample's device, timesteps and generators from either device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_equals_cpu_and_diffusers():
+    theirs, mine, cpu = diffusers.DDIMScheduler(), ours.DDIMScheduler(), ours.DDIMScheduler()
+    theirs.set_timesteps(10, device="cuda")
+    mine.set_timesteps(10, device="cuda")
+    cpu.set_timesteps(10)
+    model_output, sample = _inputs()
+    mo_gpu, s_gpu = model_output.cuda(), sample.cuda()
+    for t in theirs.timesteps:  # 0-d CUDA tensors, as a pipeline passes them
+        noise = torch.randn(SHAPE)
+        a = theirs.step(mo_gpu, t, s_gpu, eta=0.5, variance_noise=noise.cuda()).prev_sample
+        b = mine.step(mo_gpu, t, s_gpu, eta=0.5, variance_noise=noise.cuda()).prev_sample
+        c = cpu.step(model_output, t.cpu(), sample, eta=0.5, variance_noise=noise).prev_sample
+        torch.testing.assert_close(b.cpu(), c, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)  # diffusers' float32 coefficients bound this
+    t = theirs.timesteps[[0, 3, 9, 5]]
+    for ts in (t, t.cpu()):  # per-sample timesteps on either device
+        got = mine.step(mo_gpu, ts, s_gpu).prev_sample
+        torch.testing.assert_close(got.cpu(), cpu.step(model_output, t.cpu(), sample).prev_sample, rtol=1e-6, atol=1e-6)
+    ddpm_gpu, ddpm_cpu = ours.DDPMScheduler(), ours.DDPMScheduler()
+    # a CPU generator with CUDA data: diffusers' randn_tensor draws on the CPU and moves the noise
+    got = ddpm_gpu.step(mo_gpu, 400, s_gpu, generator=torch.Generator().manual_seed(5)).prev_sample
+    want = ddpm_cpu.step(model_output, 400, sample, generator=torch.Generator().manual_seed(5)).prev_sample
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-6, atol=1e-6)
+    assert {key[0].type for key in ddpm_gpu._vdm_fast_tables} == {"cuda"}

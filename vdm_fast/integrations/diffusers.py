@@ -178,7 +178,8 @@ class _FusedReverseStep:
             raise ValueError(f"{op}: model_output must have the shape of sample {tuple(sample.shape)}, "
                              f"got {tuple(model_output.shape)}")
         if model_output.dtype != sample.dtype:
-            raise TypeError(f"{op}: model_output must have the dtype of sample ({sample.dtype}), got {model_output.dtype}")
+            raise TypeError(f"{op}: model_output must have the dtype of sample ({sample.dtype}), "
+                            f"got {model_output.dtype}")
         if model_output.device != sample.device:
             raise ValueError(f"{op}: model_output is on {model_output.device} but sample is on {sample.device}")
 
@@ -204,12 +205,15 @@ class _FusedReverseStep:
         x0 = (a_z * sample.to(cdt) + a_m * model_output.to(cdt)).reshape(batch, -1)
         s = torch.quantile(x0.abs(), self.config.dynamic_thresholding_ratio, dim=1)
         s = torch.clamp(s, min=1, max=self.config.sample_max_value).to(torch.float64)
-        scale = torch.ones(coeffs.ROWS, 1, dtype=torch.float64, device=cols.device)
-        scale[[0, 1, 6, 7]] = 0.0  # rows a_z, a_m of the step and of pred_original_sample
-        return cols * (scale + (1 - scale) / s)
+        cols = cols.clone()
+        cols[[0, 1, 6, 7]] /= s  # rows a_z, a_m of the step and of pred_original_sample
+        return cols
 
     def _vdm_clip(self):
-        """(cols transform, clip) for the configured clipping: thresholding wins, as in diffusers."""
+        """(threshold, clip): dynamic thresholding (then clip 1 after folding) or a plain clip.
+
+        Thresholding wins over clip_sample, as in diffusers.
+        """
         if self.config.thresholding:
             return True, 1.0
         if self.config.clip_sample:
