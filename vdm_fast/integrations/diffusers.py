@@ -7,10 +7,40 @@ bf16 samples keep their noise at the first timesteps (diffusers casts ``alphas_c
 sample dtype first, which rounds it to 1 there). The swap in a training script is one line::
 
     from vdm_fast.integrations.diffusers import DDPMScheduler   # was: from diffusers import DDPMScheduler
+
+``step`` runs on the fused ``vdm_fast.reverse_step``: the whole update (x̂ from the model output,
+clipping, posterior mean, noise) is one pass, with per-sample coefficients looked up in a float64
+table built once per device and per ``set_timesteps`` (``_diffusers_coeffs``). Differences from
+diffusers' ``step``, all deliberate:
+
+- ``timestep`` may also be a (B,) tensor: each sample takes its own timestep, its own previous
+  timestep and its own coefficients (diffusers takes one timestep for the whole batch).
+- Coefficients are computed in float64 and applied in float32 (float64 for float64 data), never
+  in the sample's dtype, so fp16/bf16 steps are more accurate than diffusers' (which rounds
+  every coefficient and intermediate to the half dtype).
+- Noise is drawn exactly as diffusers draws it (``randn_tensor(model_output.shape,
+  generator=generator, device=..., dtype=model_output.dtype)``, only when diffusers would), not
+  by the in-kernel Philox generator, so a seeded generator gives diffusers' samples.
+- ``pred_original_sample`` is a second ``reverse_step`` pass with coefficients (a_z, a_m, 0, 0,
+  1, 0) and the same clip: x̂ exactly as the step used it.
+- Dynamic thresholding (``thresholding=True``) needs the per-sample quantile s of |x̂|, which no
+  fixed coefficient can give: x̂ is computed once in torch (float32) for the quantile, then the
+  threshold is folded into the coefficients (clamp(x̂, -s, s) / s = clamp(x̂ / s, -1, 1): a_z and
+  a_m divided by s, clip 1), so the step itself is still the fused pass.
+- ``learned`` / ``learned_range`` variances are per element: the standard deviation is computed
+  in torch from the predicted variance and multiplies the noise before the fused pass.
+- ``fixed_large_log`` (GLIDE's max_log, log-variance log(beta_t)) uses std = sqrt(beta_t);
+  diffusers' DDPM step takes ``log(beta_t) ** 0.5`` there, which is NaN for every t > 0.
+- ``model_output`` must have the sample's dtype and device (diffusers would type-promote).
+- An unknown timestep raises ``ValueError`` (diffusers raises ``IndexError``); with a (B,)
+  tensor on the GPU the check costs one host synchronisation, as diffusers' ``t > 0`` does.
 """
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
 try:
@@ -18,12 +48,23 @@ try:
 except ImportError as exc:  # diffusers is an optional extra
     raise ImportError("vdm_fast.integrations.diffusers needs diffusers: pip install 'vdm_fast[diffusers]'") from exc
 
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .. import _checks
 from ..ops.q_sample import q_sample
+from ..ops.reverse_step import reverse_step
 from ..schedules import DiscreteSchedule
+from . import _diffusers_coeffs as coeffs
 
 
 class _FusedForwardProcess:
     """add_noise / get_velocity on the fused q_sample op, shared by both schedulers."""
+
+    # The vdm_fast backend of every fused call (None: the default choice, see vdm_fast.backends).
+    # A plain attribute, not config: it is not saved by save_pretrained.
+    vdm_fast_backend: str | None = None
 
     def _vdm_schedule(self) -> DiscreteSchedule:
         # Built lazily from the betas diffusers computed (any beta_schedule, trained_betas and
@@ -43,20 +84,288 @@ class _FusedForwardProcess:
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """z_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, fused; timesteps per sample or one for all."""
         alpha, sigma = self._vdm_coefficients(timesteps, original_samples)
-        return q_sample(original_samples, alpha, sigma, noise)
+        return q_sample(original_samples, alpha, sigma, noise, backend=self.vdm_fast_backend)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0: q_sample with the roles of x0 and noise swapped."""
         alpha, sigma = self._vdm_coefficients(timesteps, sample)
-        return q_sample(noise, alpha, -sigma, sample)
+        return q_sample(noise, alpha, -sigma, sample, backend=self.vdm_fast_backend)
 
 
-class DDPMScheduler(_FusedForwardProcess, _diffusers.DDPMScheduler):
-    """diffusers.DDPMScheduler with fused add_noise / get_velocity."""
+def _same_state(a: tuple, b: tuple) -> bool:
+    # Objects (schedule, timesteps tensor) by identity, plain values by equality.
+    return len(a) == len(b) and all(x is y or (not isinstance(x, (torch.Tensor, DiscreteSchedule)) and x == y)
+                                    for x, y in zip(a, b))
 
 
-class DDIMScheduler(_FusedForwardProcess, _diffusers.DDIMScheduler):
-    """diffusers.DDIMScheduler with fused add_noise / get_velocity."""
+class _FusedReverseStep:
+    """The machinery both ``step`` methods share: coefficient tables, timestep lookup, checks."""
+
+    def _vdm_state(self) -> tuple:
+        """Everything the coefficient table depends on besides the device and the step's arguments."""
+        return (self._vdm_schedule(), self.timesteps, self.num_inference_steps,
+                getattr(self, "custom_timesteps", False), self.config.prediction_type, self._vdm_fold(),
+                *self._vdm_extra_state())
+
+    def _vdm_fold(self) -> bool:
+        # x̂ is folded into the z and m coefficients when nothing clips it.
+        return not (self.config.thresholding or self.config.clip_sample)
+
+    def _vdm_table(self, device: torch.device, step_args: tuple):
+        """(table (ROWS, T) float64 on device, valid (T,) bool numpy, valid (T,) bool on device)."""
+        cache = self.__dict__.setdefault("_vdm_fast_tables", {})
+        key, state = (device, step_args), self._vdm_state()
+        hit = cache.get(key)
+        if hit is not None and _same_state(hit[0], state):
+            return hit[1]
+        prev, valid = self._vdm_prev_timesteps()
+        acp = self._vdm_schedule().alphas_cumprod.to(device)  # float64, from the betas
+        prev_t = torch.from_numpy(prev).to(device)
+        final = torch.as_tensor(self._vdm_final_alpha_cumprod(acp), dtype=torch.float64, device=device)
+        ab_prev = torch.where(prev_t >= 0, acp[prev_t.clamp(min=0)], final)
+        t = torch.arange(acp.numel(), device=device)
+        table = self._vdm_rows(acp, ab_prev, t, *step_args).contiguous()
+        entry = (table, valid, torch.from_numpy(valid).to(device))
+        if len(cache) >= 16:  # eta/use_clipped_model_output vary rarely; keep the cache small
+            cache.clear()
+        cache[key] = (state, entry)
+        return entry
+
+    def _vdm_columns(self, op: str, timestep, sample: torch.Tensor, step_args: tuple):
+        """The table columns of ``timestep``: (ROWS,) for one timestep, (ROWS, B) per sample.
+
+        Also returns a CPU-or-device boolean "any timestep > 0" source: the int itself or the
+        (B,) tensor, for the caller's noise decision.
+        """
+        table, valid_np, valid_dev = self._vdm_table(sample.device, step_args)
+        num_t = valid_np.shape[0]
+        if isinstance(timestep, torch.Tensor):
+            if timestep.is_floating_point() or timestep.is_complex() or timestep.dtype == torch.bool:
+                raise TypeError(f"{op}: timestep must hold integer timesteps, got dtype {timestep.dtype}")
+            if timestep.numel() == 1 and timestep.dim() <= 1:
+                timestep = int(timestep.item())  # one timestep for all (what diffusers takes)
+            elif timestep.dim() == 1 and timestep.shape[0] == sample.shape[0]:
+                t = timestep.long()
+                valid = valid_dev if t.device == sample.device else torch.from_numpy(valid_np)
+                if t.device != sample.device and t.device.type != "cpu":
+                    t = t.to(sample.device)
+                    valid = valid_dev
+                ok = (t >= 0) & (t < num_t)
+                if not bool((ok & valid[t.clamp(0, num_t - 1)]).all()):
+                    raise ValueError(f"{op}: timestep holds values that are not timesteps of this scheduler "
+                                     f"(0..{num_t - 1}{self._vdm_valid_hint()}): {t.tolist()}")
+                t_dev = t.to(sample.device)
+                return table.index_select(1, t_dev), t
+            else:
+                raise ValueError(f"{op}: timestep must be an int, a 0-d tensor or a tensor of shape "
+                                 f"({sample.shape[0]},) (one per sample), got shape {tuple(timestep.shape)}")
+        if isinstance(timestep, bool) or not isinstance(timestep, numbers.Integral):
+            raise TypeError(f"{op}: timestep must be an int or an integer tensor, got {type(timestep).__name__}")
+        timestep = int(timestep)
+        if not (0 <= timestep < num_t and valid_np[timestep]):
+            raise ValueError(f"{op}: timestep {timestep} is not a timestep of this scheduler "
+                             f"(0..{num_t - 1}{self._vdm_valid_hint()})")
+        return table[:, timestep], timestep
+
+    def _vdm_valid_hint(self) -> str:
+        return ""
+
+    @staticmethod
+    def _vdm_check_data(op: str, model_output, sample) -> None:
+        _checks.data(op, "sample", sample)
+        _checks.data(op, "model_output", model_output)
+        if model_output.shape != sample.shape:
+            raise ValueError(f"{op}: model_output must have the shape of sample {tuple(sample.shape)}, "
+                             f"got {tuple(model_output.shape)}")
+        if model_output.dtype != sample.dtype:
+            raise TypeError(f"{op}: model_output must have the dtype of sample ({sample.dtype}), "
+                            f"got {model_output.dtype}")
+        if model_output.device != sample.device:
+            raise ValueError(f"{op}: model_output is on {model_output.device} but sample is on {sample.device}")
+
+    @staticmethod
+    def _vdm_per_sample(row: torch.Tensor, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # A table row, 0-d (one timestep) or (B,), as a tensor broadcasting over `like` in `dtype`.
+        row = row.to(dtype)
+        return row if row.dim() == 0 else row.view(-1, *([1] * (like.dim() - 1)))
+
+    def _vdm_threshold(self, cols: torch.Tensor, sample: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
+        """Fold dynamic thresholding (Imagen) into the coefficients: a_z, a_m divided by s per sample.
+
+        s = clamp(quantile(|x̂|, ratio), 1, sample_max_value) needs x̂ itself, computed here once
+        in the compute dtype (float32 for half data, where diffusers upcasts for the quantile too).
+        """
+        batch = sample.shape[0]
+        cdt = _checks.compute_dtype(sample.dtype)
+        cols = cols if cols.dim() == 2 else cols[:, None].expand(coeffs.ROWS, batch)
+        if sample.numel() == 0:
+            return cols
+        a_z = self._vdm_per_sample(cols[0], sample, cdt)
+        a_m = self._vdm_per_sample(cols[1], sample, cdt)
+        x0 = (a_z * sample.to(cdt) + a_m * model_output.to(cdt)).reshape(batch, -1)
+        s = torch.quantile(x0.abs(), self.config.dynamic_thresholding_ratio, dim=1)
+        s = torch.clamp(s, min=1, max=self.config.sample_max_value).to(torch.float64)
+        cols = cols.clone()
+        cols[[0, 1, 6, 7]] /= s  # rows a_z, a_m of the step and of pred_original_sample
+        return cols
+
+    def _vdm_clip(self):
+        """(threshold, clip): dynamic thresholding (then clip 1 after folding) or a plain clip.
+
+        Thresholding wins over clip_sample, as in diffusers.
+        """
+        if self.config.thresholding:
+            return True, 1.0
+        if self.config.clip_sample:
+            return False, float(self.config.clip_sample_range)
+        return False, None
+
+    @staticmethod
+    def _vdm_any_positive(t) -> bool:
+        return t > 0 if isinstance(t, int) else bool((t > 0).any())
+
+
+class DDPMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDPMScheduler):
+    """diffusers.DDPMScheduler with fused add_noise / get_velocity / step."""
+
+    def _vdm_extra_state(self) -> tuple:
+        return (self.variance_type,)
+
+    def _vdm_final_alpha_cumprod(self, acp: torch.Tensor) -> float:
+        return 1.0  # diffusers' self.one: no previous timestep means alpha_bar = 1
+
+    def _vdm_prev_timesteps(self):
+        """prev[t] and valid[t] for t in 0..T-1, as diffusers' ``previous_timestep``."""
+        num_t = self.config.num_train_timesteps
+        if not (self.custom_timesteps or self.num_inference_steps):
+            return np.arange(num_t, dtype=np.int64) - 1, np.ones(num_t, dtype=bool)
+        ts = self.timesteps.detach().cpu().numpy().astype(np.int64)
+        prev, valid = np.full(num_t, -1, dtype=np.int64), np.zeros(num_t, dtype=bool)
+        for i in range(len(ts) - 1, -1, -1):  # backwards: the first occurrence wins, as nonzero()[0] in diffusers
+            if 0 <= ts[i] < num_t:
+                prev[ts[i]], valid[ts[i]] = (ts[i + 1] if i + 1 < len(ts) else -1), True
+        return prev, valid
+
+    def _vdm_valid_hint(self) -> str:
+        return ", and one of scheduler.timesteps" if (self.custom_timesteps or self.num_inference_steps) else ""
+
+    def _vdm_rows(self, acp, ab_prev, t):
+        return coeffs.ddpm(acp, ab_prev, t, self.config.prediction_type, self.variance_type, self._vdm_fold())
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> DDPMSchedulerOutput | tuple:
+        """diffusers' DDPM step in one fused pass (see the module docstring); ``timestep`` may be (B,)."""
+        op = f"{type(self).__name__}.step"
+        _checks.data(op, "sample", sample)
+        _checks.data(op, "model_output", model_output)
+        predicted_variance = None
+        learned = self.variance_type in coeffs.LEARNED
+        if learned:
+            if model_output.dim() < 2 or model_output.shape[1] != sample.shape[1] * 2:
+                raise ValueError(f"{op}: variance_type {self.variance_type!r} needs model_output with twice the "
+                                 f"channels of sample (dim 1: {2 * sample.shape[1]}), got {tuple(model_output.shape)}")
+            model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
+        self._vdm_check_data(op, model_output, sample)
+        cols, t = self._vdm_columns(op, timestep, sample, ())
+        threshold, clip = self._vdm_clip()
+        if threshold:
+            cols = self._vdm_threshold(cols, sample, model_output)
+        noise = None
+        if self._vdm_any_positive(t):  # diffusers draws only when t > 0
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                 dtype=model_output.dtype)
+            if learned:
+                noise = self._vdm_learned_noise(cols, predicted_variance, noise)
+        prev_sample = reverse_step(sample, model_output, cols[coeffs.STEP], clip=clip, noise=noise,
+                                   backend=self.vdm_fast_backend)
+        pred_original_sample = reverse_step(sample, model_output, cols[coeffs.X0], clip=clip,
+                                            backend=self.vdm_fast_backend)
+        if not return_dict:
+            return (prev_sample, pred_original_sample)
+        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+    def _vdm_learned_noise(self, cols, predicted_variance, noise):
+        """std * noise, per element, for the learned variance types (the noise row of the table is 1)."""
+        cdt = _checks.compute_dtype(noise.dtype)
+        pv = predicted_variance.to(cdt)
+        if self.variance_type == "learned":
+            std = pv**0.5  # the model predicts the variance itself
+        else:  # learned_range: log-variance interpolated between the posterior's and beta_t's
+            min_log = self._vdm_per_sample(cols[coeffs.MIN_LOG], pv, cdt)
+            max_log = self._vdm_per_sample(cols[coeffs.MAX_LOG], pv, cdt)
+            frac = (pv + 1) / 2
+            std = torch.exp(0.5 * (frac * max_log + (1 - frac) * min_log))
+        return (std * noise.to(cdt)).to(noise.dtype)
+
+
+class DDIMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDIMScheduler):
+    """diffusers.DDIMScheduler with fused add_noise / get_velocity / step."""
+
+    def _vdm_extra_state(self) -> tuple:
+        return (self.config.set_alpha_to_one,)
+
+    def _vdm_final_alpha_cumprod(self, acp: torch.Tensor):
+        return 1.0 if self.config.set_alpha_to_one else acp[0]
+
+    def _vdm_prev_timesteps(self):
+        # diffusers' DDIM steps back by T // num_inference_steps whatever the timestep spacing.
+        num_t = self.config.num_train_timesteps
+        prev = np.arange(num_t, dtype=np.int64) - num_t // self.num_inference_steps
+        return prev, np.ones(num_t, dtype=bool)
+
+    def _vdm_rows(self, acp, ab_prev, t, eta, use_clipped_model_output):
+        return coeffs.ddim(acp, ab_prev, self.config.prediction_type, eta, use_clipped_model_output, self._vdm_fold())
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> DDIMSchedulerOutput | tuple:
+        """diffusers' DDIM step in one fused pass (see the module docstring); ``timestep`` may be (B,)."""
+        op = f"{type(self).__name__}.step"
+        if self.num_inference_steps is None:
+            raise ValueError(
+                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
+            )
+        self._vdm_check_data(op, model_output, sample)
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
+            raise TypeError(f"{op}: eta must be a float, got {type(eta).__name__}")
+        eta = float(eta)
+        cols, _ = self._vdm_columns(op, timestep, sample, (eta, bool(use_clipped_model_output)))
+        threshold, clip = self._vdm_clip()
+        if threshold:
+            cols = self._vdm_threshold(cols, sample, model_output)
+        noise = None
+        if eta > 0:
+            if variance_noise is not None and generator is not None:
+                raise ValueError(
+                    "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
+                    " `variance_noise` stays `None`."
+                )
+            if variance_noise is None:
+                noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                     dtype=model_output.dtype)
+            else:
+                noise = _checks.same_as(op, "variance_noise", variance_noise, sample, "sample")
+        prev_sample = reverse_step(sample, model_output, cols[coeffs.STEP], clip=clip, noise=noise,
+                                   backend=self.vdm_fast_backend)
+        pred_original_sample = reverse_step(sample, model_output, cols[coeffs.X0], clip=clip,
+                                            backend=self.vdm_fast_backend)
+        if not return_dict:
+            return (prev_sample, pred_original_sample)
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
 __all__ = ["DDPMScheduler", "DDIMScheduler"]
