@@ -76,3 +76,22 @@ def per_sample(op: str, name: str, value, batch: int, device: torch.device, dtyp
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return torch.full((batch,), float(value), dtype=dtype, device=device)
     raise TypeError(f"{op}: {name} must be a float or a floating-point tensor, got {type(value).__name__}")
+
+
+# --- value policies (docs/DESIGN_NOTES.md, "Policies") ----------------------------------------------
+# Value checks use torch._assert_async: immediate on the CPU, no host synchronisation on a GPU
+# (the error surfaces at the next sync), traceable by torch.compile. Only domain errors are checked
+# (a log or a division that would be undefined); NaN/Inf in coefficients are not scanned for.
+
+
+def positive(op: str, name: str, value: torch.Tensor) -> None:
+    """``value`` > 0 everywhere (a scale whose log or inverse is taken)."""
+    if value.numel():
+        torch._assert_async((value > 0).all(), f"{op}: {name} must be > 0 (its log is taken)")
+
+
+def within(op: str, name: str, x: torch.Tensor, low: float, high: float) -> None:
+    """``low`` <= x <= ``high`` everywhere, NaN rejected (decoder data)."""
+    if x.numel():
+        ok = ((x >= low) & (x <= high)).all()
+        torch._assert_async(ok, f"{op}: {name} must lie in [{low}, {high}] (data for the decoder), with no NaN")
