@@ -7,6 +7,9 @@ Two families:
   ``cosine_betas`` build the DDPM linear and the improved-diffusion cosine tables.
 - Continuous time t in [0, 1]: ``LinearGamma`` is the fixed linear gamma of VDM
   (gamma_min = -13.3, gamma_max = 5.0).
+- Learned (nn.Modules, trained through the ops): ``LearnedLinearGamma`` (VDM's learned linear
+  schedule) and ``MonotoneGamma`` (VDM's monotone network, rescaled to its endpoints). Continuous
+  schedules also give ``gamma_prime(t)``, the weight of the continuous-time ELBO.
 
 Every schedule answers ``alpha(t)``, ``sigma(t)``, ``gamma(t)``, ``log_snr(t)``, ``snr(t)`` and
 ``alpha_sigma(t)`` for a batch of timesteps, on the timesteps' device, in float32 by default
