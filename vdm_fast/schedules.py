@@ -1,6 +1,6 @@
 """Noise schedules: gamma(t) = -log SNR(t) and everything derived from it (DESIGN.md §2).
 
-Two families:
+Three families:
 
 - Discrete tables (the diffusers / improved-diffusion convention): ``DiscreteSchedule`` holds
   alphas_cumprod in float64 for integer timesteps 0..T-1. ``linear_betas`` and
