@@ -133,7 +133,8 @@ def diffusion_weight(schedule, t: torch.Tensor, parameterization: str = "eps", T
         return half_gp * torch.sigmoid(g)
     f64 = torch.float64
     g_t = schedule.gamma(t, f64)
-    g_s = schedule.gamma(t.to(f64) - 1.0 / T, f64)
+    # s = t - 1/T, clamped so that float32 rounding of t = 1/T cannot step below t = 0.
+    g_s = schedule.gamma(torch.clamp(t.to(f64) - 1.0 / T, min=0.0), f64)
     d = g_t - g_s
     if parameterization in ("eps", "score"):
         w = 0.5 * T * torch.expm1(d)
