@@ -75,14 +75,16 @@ def improved_diffusion_calc_bpd_loop(model, x_start, betas, variance, clip_denoi
         model_mean = coef1[t] * pred_xstart + coef2[t] * x_t
         true_mean = coef1[t] * x_start + coef2[t] * x_t
         kl = _mean_flat(_normal_kl(true_mean, post_logvar_clipped[t], model_mean, model_logvar[t])) / LN2
-        nll = -_mean_flat(_disc_gauss_loglik(x_start, model_mean, 0.5 * model_logvar[t] * torch.ones_like(x_start))) / LN2
+        log_scales = 0.5 * model_logvar[t] * torch.ones_like(x_start)
+        nll = -_mean_flat(_disc_gauss_loglik(x_start, model_mean, log_scales)) / LN2
         vb.append(nll if t == 0 else kl)
         xstart_mse.append(_mean_flat((pred_xstart - x_start) ** 2))
         eps = (sqrt_recip_ac[t] * x_t - pred_xstart) / sqrt_recipm1_ac[t]
         mse.append(_mean_flat((eps - noise) ** 2))
     # Stacked in loop order (T-1 .. 0) and flipped so column t is step t.
     vb, xstart_mse, mse = (torch.stack(v, 1).flip(1) for v in (vb, xstart_mse, mse))
-    prior = _mean_flat(_normal_kl(ac[-1].sqrt() * x_start, torch.log(1.0 - ac[-1]), torch.zeros(()), torch.zeros(()))) / LN2
+    zero = torch.zeros((), dtype=F64)
+    prior = _mean_flat(_normal_kl(ac[-1].sqrt() * x_start, torch.log(1.0 - ac[-1]), zero, zero)) / LN2
     return {"total_bpd": vb.sum(1) + prior, "prior_bpd": prior, "vb": vb, "xstart_mse": xstart_mse, "mse": mse}
 
 
@@ -130,7 +132,8 @@ def test_calc_bpd_loop_cosine_table_and_layout():
     x = _ddpm_data(B=3)
     net = TinyNet(18, 30)
     out = bpd.calc_bpd_loop(net, x, table, generator=torch.Generator().manual_seed(1))
-    theirs = improved_diffusion_calc_bpd_loop(net, x, table.betas, "fixed_small", True, torch.Generator().manual_seed(1))
+    theirs = improved_diffusion_calc_bpd_loop(net, x, table.betas, "fixed_small", True,
+                                              torch.Generator().manual_seed(1))
     assert out["vb"].shape == (3, 30) and out["total_bpd"].shape == (3,)
     torch.testing.assert_close(out["total_bpd"], theirs["total_bpd"], rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(out["total_bpd"], out["vb"].sum(1) + out["prior_bpd"])
@@ -232,7 +235,7 @@ def test_vdm_bpd_of_gaussian_optimal_model_matches_closed_form_diffusion():
         return s * z / (a**2 * S**2 + s**2)
 
     got = bpd.vdm_bpd(optimal, x, sched, repeats=4, generator=torch.Generator().manual_seed(3))
-    snr0, snr1 = sched.snr(torch.tensor(0.0, dtype=F64), F64).item(), sched.snr(torch.tensor(1.0, dtype=F64), F64).item()
+    snr0, snr1 = (sched.snr(torch.tensor(v, dtype=F64), F64).item() for v in (0.0, 1.0))
     truth = 0.5 * (math.log1p(S**2 * snr0) - math.log1p(S**2 * snr1)) / LN2  # per dim
     se = got.diffusion.std().item() / math.sqrt(B)
     assert se < 0.02 * truth and abs(got.diffusion.mean().item() - truth) < 4 * se

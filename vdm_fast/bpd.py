@@ -93,7 +93,8 @@ class _Tables:
         self.coef1 = betas * abar_prev.sqrt() / (1 - abar)  # posterior_mean_coef1 (x_0)
         self.coef2 = (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar)  # posterior_mean_coef2 (x_t)
         # KL per sample = D * const + weight * ||x_0 - x̂_0||^2 (module docstring).
-        self.kl_const = 0.5 * (-1 + self.model_logvar - self.true_logvar + torch.exp(self.true_logvar - self.model_logvar))
+        log_ratio = self.true_logvar - self.model_logvar
+        self.kl_const = 0.5 * (-1 - log_ratio + torch.exp(log_ratio))
         self.kl_weight = 0.5 * self.coef1**2 * torch.exp(-self.model_logvar)
 
 

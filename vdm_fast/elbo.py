@@ -120,7 +120,8 @@ def diffusion_weight(schedule, t: torch.Tensor, parameterization: str = "eps", T
         raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
     if T is None:
         if not hasattr(schedule, "gamma_prime"):
-            raise TypeError(f"schedule: the continuous-time ELBO needs gamma_prime(t); {type(schedule).__name__} has none "
+            raise TypeError(f"schedule: the continuous-time ELBO needs gamma_prime(t); "
+                            f"{type(schedule).__name__} has none "
                             "(pass T for the T-step bound)")
         g = schedule.gamma(t, dtype)
         half_gp = 0.5 * schedule.gamma_prime(t, dtype)
@@ -318,7 +319,8 @@ class VDMLoss(nn.Module):
         alpha, sigma = torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
         z_t = q_sample(x0, alpha, sigma, noise, backend=self.backend)
         m = _model_out(model, z_t, t, x0)
-        mse = sq_error(m, x0, noise, alpha, sigma, self.parameterization, backend=self.backend) / math.prod(x0.shape[1:])
+        err = sq_error(m, x0, noise, alpha, sigma, self.parameterization, backend=self.backend)
+        mse = err / math.prod(x0.shape[1:])
         if self.weighting == "simple":
             return mse
         return min_snr_weight(g, self.parameterization, self.snr_gamma) * mse
