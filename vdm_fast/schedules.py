@@ -1,12 +1,15 @@
 """Noise schedules: gamma(t) = -log SNR(t) and everything derived from it (DESIGN.md §2).
 
-Two families:
+Three families:
 
 - Discrete tables (the diffusers / improved-diffusion convention): ``DiscreteSchedule`` holds
   alphas_cumprod in float64 for integer timesteps 0..T-1. ``linear_betas`` and
   ``cosine_betas`` build the DDPM linear and the improved-diffusion cosine tables.
 - Continuous time t in [0, 1]: ``LinearGamma`` is the fixed linear gamma of VDM
   (gamma_min = -13.3, gamma_max = 5.0).
+- Learned (nn.Modules, trained through the ops): ``LearnedLinearGamma`` (VDM's learned linear
+  schedule) and ``MonotoneGamma`` (VDM's monotone network, rescaled to its endpoints). Continuous
+  schedules also give ``gamma_prime(t)``, the weight of the continuous-time ELBO.
 
 Every schedule answers ``alpha(t)``, ``sigma(t)``, ``gamma(t)``, ``log_snr(t)``, ``snr(t)`` and
 ``alpha_sigma(t)`` for a batch of timesteps, on the timesteps' device, in float32 by default
@@ -20,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn as nn
 
 _COEFF_DTYPES = (torch.float32, torch.float64)
 
@@ -155,3 +159,132 @@ class LinearGamma(Schedule):
     def gamma_prime(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """d gamma / dt, the weight of the continuous-time diffusion loss (DESIGN.md §3)."""
         return torch.full_like(self._time(t, dtype), self.gamma_max - self.gamma_min)
+
+
+# --- learned continuous-time schedules (VDM; Kingma et al. 2021, appendix) ----------------------
+#
+# Both are nn.Modules whose parameters receive gradients through the ops (q_sample, sq_error,
+# prior_kl and recon_nll are differentiable in alpha and sigma). Both share the endpoint treatment:
+# gamma(0) = gamma_min and gamma(1) = gamma_max are two scalars (learned, or fixed buffers), and
+# the schedule's shape between them is a monotone function rescaled to run from 0 to 1, so
+#
+#     gamma(t) = gamma_min + (gamma_max - gamma_min) * shape(t),  shape(0) = 0, shape(1) = 1.
+#
+# gamma_max = gamma_min + |w| (VDM's ``b + |w| t``), so the schedule stays increasing whatever
+# the optimiser does.
+
+class _LearnedGamma(Schedule, nn.Module):
+    """Endpoints of a learned schedule; subclasses give ``_shape(t)`` and ``_shape_prime(t)``."""
+
+    def __init__(self, gamma_min: float, gamma_max: float, learn_endpoints: bool):
+        nn.Module.__init__(self)
+        if not gamma_min < gamma_max:
+            raise ValueError(f"gamma_min must be < gamma_max, got {gamma_min} and {gamma_max}")
+        b = torch.tensor(float(gamma_min))
+        w = torch.tensor(float(gamma_max) - float(gamma_min))
+        self.learn_endpoints = bool(learn_endpoints)
+        if self.learn_endpoints:
+            self.b, self.w = nn.Parameter(b), nn.Parameter(w)
+        else:
+            self.register_buffer("b", b)
+            self.register_buffer("w", w)
+
+    @property
+    def gamma_min(self) -> torch.Tensor:
+        """gamma(0), a 0-d tensor (differentiable when learned)."""
+        return self.b
+
+    @property
+    def gamma_max(self) -> torch.Tensor:
+        """gamma(1) = gamma_min + |w|, a 0-d tensor."""
+        return self.b + self.w.abs()
+
+    def _time(self, t, dtype) -> torch.Tensor:
+        t = torch.as_tensor(t, device=self.b.device)
+        if not t.is_floating_point():
+            raise TypeError(f"t must be floating-point time in [0, 1], got dtype {t.dtype}")
+        return t.to(_check_dtype(dtype))
+
+    def gamma(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        t = self._time(t, dtype)
+        return self.b.to(dtype) + self.w.abs().to(dtype) * self._shape(t)
+
+    def gamma_prime(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """d gamma / dt in closed form (differentiable in the parameters)."""
+        t = self._time(t, dtype)
+        return self.w.abs().to(dtype) * self._shape_prime(t)
+
+    def forward(self, t) -> torch.Tensor:
+        return self.gamma(t)
+
+
+class LearnedLinearGamma(_LearnedGamma):
+    """VDM's learned scalar linear schedule: gamma(t) = gamma_min + (gamma_max - gamma_min) t,
+    with gamma_min and gamma_max trainable (``learn_endpoints=True``) or fixed buffers."""
+
+    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, learn_endpoints: bool = True):
+        super().__init__(gamma_min, gamma_max, learn_endpoints)
+
+    def _shape(self, t):
+        return t
+
+    def _shape_prime(self, t):
+        return torch.ones_like(t)
+
+
+class MonotoneGamma(_LearnedGamma):
+    """VDM's monotone network schedule (Kingma et al. 2021, ``NoiseSchedule_NNet``), rescaled.
+
+    The network is VDM's: dense layers with non-negative weights (|W|),
+
+        h(t) = |w1| t + (1/n) sum_j |w3_j| (2 sigmoid(|w2_j| (2t - 1) + b2_j) - 1),
+
+    a linear part (l1) plus n sigmoid features (l2) mixed with non-negative weights (l3), so h is
+    increasing in t. Rescaling (our treatment of the endpoints): the schedule is
+
+        gamma(t) = gamma_min + (gamma_max - gamma_min) (h(t) - h(0)) / (h(1) - h(0)),
+
+    so gamma(0) = gamma_min and gamma(1) = gamma_max exactly, whatever the network's weights; the
+    network only shapes the curve between them (l1's bias cancels, so there is none). The
+    endpoints are learned scalars (``learn_endpoints=True``: they receive gradients from the
+    reconstruction and prior terms as well as the diffusion term) or fixed buffers (then the
+    network cannot change the recon or prior terms, and the expected continuous-time diffusion
+    loss is invariant to the shape: only its variance depends on the network, VDM §5.1).
+
+    Initialisation follows VDM (l2 weights N(0, 1), biases 0) except l3: VDM starts it at 0 (a
+    linear schedule), but torch's |x| has zero gradient at 0, so l3 starts at ``l3_init``
+    (default 1e-3): linear to within about 1e-3 of the range, and trainable.
+    """
+
+    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, learn_endpoints: bool = True,
+                 n_features: int = 1024, l3_init: float = 1e-3):
+        super().__init__(gamma_min, gamma_max, learn_endpoints)
+        if n_features < 1:
+            raise ValueError(f"n_features must be >= 1, got {n_features}")
+        self.n_features = int(n_features)
+        self.l1_weight = nn.Parameter(torch.tensor(1.0))
+        self.l2_weight = nn.Parameter(torch.randn(n_features))
+        self.l2_bias = nn.Parameter(torch.zeros(n_features))
+        self.l3_weight = nn.Parameter(torch.full((n_features,), float(l3_init)))
+
+    def _features(self, t):
+        """(sigmoid features (..., n), their non-negative input weights, mixing weights) in t's dtype."""
+        dt = t.dtype
+        w2, b2, w3 = self.l2_weight.abs().to(dt), self.l2_bias.to(dt), self.l3_weight.abs().to(dt)
+        s = torch.sigmoid((2 * t[..., None] - 1) * w2 + b2)
+        return s, w2, w3
+
+    def _h(self, t):
+        s, _, w3 = self._features(t)
+        return self.l1_weight.abs().to(t.dtype) * t + ((2 * s - 1) * w3).sum(-1) / self.n_features
+
+    def _shape(self, t):
+        ends = self._h(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
+        return (self._h(t) - ends[0]) / (ends[1] - ends[0])
+
+    def _shape_prime(self, t):
+        ends = self._h(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
+        s, w2, w3 = self._features(t)
+        # d/dt (2 sigmoid(u) - 1) = 2 s (1 - s) du/dt, du/dt = 2 |w2|.
+        h_prime = self.l1_weight.abs().to(t.dtype) + (4 * s * (1 - s) * w2 * w3).sum(-1) / self.n_features
+        return h_prime / (ends[1] - ends[0])
