@@ -230,8 +230,13 @@ def annealed_langevin_step_sizes(gamma_levels, epsilon: float | None = None) -> 
     sigmã = sigma/alpha = exp(gamma/2) is the variance-exploding noise level of the VP level gamma
     and L the last (least noisy) level; applied to the VP latent z = alpha x̃ the VE step becomes
     alpha_i² step_i, i.e. ``epsilon * sigma_i² * exp(-gamma_L)``. Geometric sigmã (NCSN) is a
-    grid uniform in gamma, e.g. ``uniform_times`` on ``LinearGamma``. ``gamma_levels``: (L,) or (L, B)."""
+    grid uniform in gamma, e.g. ``uniform_times`` on ``LinearGamma``. ``gamma_levels``: (L,) or (L, B).
+
+    epsilon is tied to sigmã_L (NCSN: 2e-5 for sigmã_L = 0.01); None keeps NCSN's ratio
+    epsilon / sigmã_L² = 0.2 whatever the last level, i.e. step_i = 0.2 sigma_i²."""
     g = torch.as_tensor(gamma_levels)
+    if epsilon is None:
+        return 0.2 * torch.sigmoid(g)
     return epsilon * torch.sigmoid(g) * torch.exp(-g[-1])
 
 
@@ -503,8 +508,8 @@ def sample_annealed_langevin(model, z: torch.Tensor, schedule, times, *, n_steps
                              callback: Callable | None = None, backend: str | None = None) -> torch.Tensor:
     """Annealed Langevin dynamics (NCSN; Song & Ermon 2019, Alg. 1): for every level of ``times``
     (all K+1 of them, noisiest first), ``n_steps_each`` Langevin steps with step size
-    :func:`annealed_langevin_step_sizes` (epsilon; None: NCSN's ratio to the last level). Returns z at the last level, or with
-    ``denoise=True`` the Tweedie estimate x̂ there (NCSNv2's final denoising step, one more call).
+    :func:`annealed_langevin_step_sizes` (epsilon; None: NCSN's ratio to the last level).
+    Returns z at the last level, or with ``denoise=True`` the Tweedie estimate x̂ there (NCSNv2's final denoising step, one more call).
     ``callback(k, t, z)`` after every Langevin step k (counted over all levels)."""
     if not isinstance(n_steps_each, int) or n_steps_each < 1:
         raise ValueError(f"n_steps_each must be a positive int, got {n_steps_each!r}")
