@@ -489,35 +489,39 @@ def test_ddim_step_matches_diffusers(param, clip, eta, use_clipped, spacing, alp
 
 # --- whole runs on a 2-D Gaussian mixture -------------------------------------------------------------------
 
-N = 1500
-# Energy distance between two independent N-samples of this mixture is about 8e-4 (fixed seed);
-# a 0.1 shift of the mean gives about 7.5e-3. A sampler passes below 5e-3.
+N = 1500  # sampler runs
+N_TARGET = 4000  # exact draws from the mixture
+# Energy distance of N exact draws to the N_TARGET target draws: mean 1.0e-3, max 3.3e-3 over 30
+# seeds; shifting the mean by 0.1 gives 1.1e-2, scaling by 1.1 gives 1.9e-2. A sampler passes
+# below 5e-3 (so the test has power against errors of a few hundredths in location or scale).
 ED_TOL = 5e-3
 
 
 @pytest.fixture(scope="module")
 def target():
     gmm = default_gmm()
-    x, _ = gmm.sample(N, torch.Generator().manual_seed(0))
+    x, _ = gmm.sample(N_TARGET, torch.Generator().manual_seed(0))
     return gmm, x
 
 
 def check_matches(out: torch.Tensor, gmm: GMM, x: torch.Tensor):
     out = out.double()
     assert torch.isfinite(out).all()
-    mean = (gmm.weights[:, None] * gmm.means).sum(0)
-    assert (out.mean(0) - mean).abs().max() < 0.06, out.mean(0)
-    torch.testing.assert_close(torch.cov(out.T), torch.cov(x.T), atol=0.08, rtol=0)
     ed = energy_distance(out, x)
+    mean = (gmm.weights[:, None] * gmm.means).sum(0)
+    # 4.5 standard errors of a mean of N draws (the mixture's x-variance is 1.2: SE 0.028)
+    se = (torch.cov(x.T).diagonal() / out.shape[0]).sqrt()
+    assert ((out.mean(0) - mean).abs() < 4.5 * se).all(), (out.mean(0), ed)
+    torch.testing.assert_close(torch.cov(out.T), torch.cov(x.T), atol=0.1, rtol=0)
     assert ed < ED_TOL, ed
 
 
 def test_energy_distance_has_power(target):
     gmm, x = target
     y, _ = gmm.sample(N, torch.Generator().manual_seed(1))
-    assert energy_distance(y, x) < ED_TOL / 3
-    assert energy_distance(y + torch.tensor([0.12, 0.0], dtype=torch.float64), x) > ED_TOL
-    assert energy_distance(y * 1.15, x) > ED_TOL
+    assert energy_distance(y, x) < ED_TOL
+    assert energy_distance(y + torch.tensor([0.1, 0.0], dtype=torch.float64), x) > ED_TOL
+    assert energy_distance(y * 1.1, x) > ED_TOL
 
 
 CONT = schedules.LinearGamma(-10.0, 6.0)
@@ -565,8 +569,8 @@ def test_gmm_annealed_langevin(target):
     gmm, x = target
     sch = schedules.LinearGamma(-8.0, 6.0)  # uniform in gamma: geometric sigmã from 20 to 0.018
     z, gen = _z()
-    out = samplers.sample_annealed_langevin(gmm.model(sch, "score"), z, sch, samplers.uniform_times(25),
-                                            n_steps_each=15, denoise=True, generator=gen, backend=BACKEND)
+    out = samplers.sample_annealed_langevin(gmm.model(sch, "score"), z, sch, samplers.uniform_times(30),
+                                            n_steps_each=20, denoise=True, generator=gen, backend=BACKEND)
     check_matches(out, gmm, x)
 
 
