@@ -370,11 +370,13 @@ class _Evaluator:
     def __call__(self, z, t, alpha, sigma):
         """(m, kwargs for reverse_step) at latent z, times t (B,), level (alpha, sigma)."""
         kwargs = {}
+        # Outputs are cast to z's dtype (a no-op unless the model runs under autocast, say).
         if self.cfg:
             m, uncond = self.model.outputs(z, t)
-            kwargs.update(uncond=uncond, guidance_scale=self.w)
+            kwargs.update(uncond=uncond.to(z.dtype), guidance_scale=self.w)
         else:
             m = self.model(z, t)
+        m = m.to(z.dtype)
         if self.classifier is not None:
             kwargs.update(classifier_grad=self.classifier.grad(z, t),
                           grad_scale=_guidance.classifier_grad_scale(self.param, alpha, sigma, self.cs))
