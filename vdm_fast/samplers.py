@@ -97,11 +97,12 @@ def gammas(schedule, times: torch.Tensor, dtype: torch.dtype = torch.float32) ->
         return torch.where(times < 0, torch.full_like(g, -float("inf")), g)
     if not hasattr(schedule, "gamma"):
         raise TypeError(f"schedule must have a gamma(t) method, got {type(schedule).__name__}")
-    if isinstance(schedule, Schedule):
-        return schedule.gamma(times, dtype)
-    # Learned schedules (nn.Modules): gamma(t) in the module's own dtype, cast afterwards.
-    t = times.to(dtype) if times.is_floating_point() else times
-    return schedule.gamma(t).to(dtype)
+    flat = times.reshape(-1)  # schedules are written for a batch of times: hand them a 1-D one
+    if isinstance(schedule, Schedule):  # vdm_fast's schedules, learned ones included
+        g = schedule.gamma(flat, dtype)
+    else:  # any other object with gamma(t): evaluated in its own dtype, cast afterwards
+        g = schedule.gamma(flat.to(dtype) if flat.is_floating_point() else flat).to(dtype)
+    return g.reshape(times.shape)
 
 
 def _alpha_sigma(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
