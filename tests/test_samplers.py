@@ -7,14 +7,14 @@ import math
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 import vdm_fast
 from vdm_fast import samplers, schedules
 from gmm import GMM, default_gmm, energy_distance
+from sync_trap import SyncTrap
 
 PARAMS = ("eps", "x0", "v", "score")
-BACKEND = "reference"  # the fused kernels land separately; the samplers only call the public op
+BACKEND = None  # the default backend: the reference today, the fused kernels once they are built
 
 
 # --- textbook formulas, in alpha_bar (Luo's notation), float64 ------------------------------------
@@ -101,7 +101,8 @@ def test_ancestral_step_matches_textbook(dtype, param, variance, clip):
     coeffs = samplers.ancestral_coeffs(g_t.to(cdt), g_s.to(cdt), param, variance)
     assert coeffs.shape == (6, 7) and coeffs.dtype == cdt
     got = op(z, m, coeffs, dtype, clip=clip, noise=n)
-    want = tb_ancestral(param, z.to(dtype).double(), m.to(dtype).double(), n.to(dtype).double(), g_t, g_s, variance, clip)
+    zd, md, nd = (x.to(dtype).double() for x in (z, m, n))
+    want = tb_ancestral(param, zd, md, nd, g_t, g_s, variance, clip)
     torch.testing.assert_close(got, want, **tol(dtype))
 
 
@@ -126,7 +127,8 @@ def test_ddim_eta_per_sample():
     eta = torch.linspace(0, 1, 7, dtype=torch.float64)
     got = op(z, m, samplers.ddim_coeffs(g_t, g_s, "eps", eta), torch.float64, noise=n)
     for b in range(7):
-        want = tb_ddim("eps", z[b:b + 1], m[b:b + 1], n[b:b + 1], g_t[b:b + 1], g_s[b:b + 1], eta[b].item(), None, False)
+        one = slice(b, b + 1)
+        want = tb_ddim("eps", z[one], m[one], n[one], g_t[one], g_s[one], eta[b].item(), None, False)
         torch.testing.assert_close(got[b:b + 1], want)
 
 
@@ -418,7 +420,6 @@ def test_bad_arguments():
 # --- diffusers parity -------------------------------------------------------------------------------------
 
 
-diffusers = pytest.importorskip("diffusers")
 DIFFUSERS_PRED = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 
 
@@ -432,7 +433,9 @@ def _step_inputs(seed):
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
 @pytest.mark.parametrize("inference_steps", [None, 50])
 def test_ddpm_step_matches_diffusers(param, clip, variance_type, inference_steps):
-    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type=DIFFUSERS_PRED[param],
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
+                                    prediction_type=DIFFUSERS_PRED[param],
                                     clip_sample=clip, variance_type=variance_type)
     ours = schedules.DiscreteSchedule(sched.betas.double())
     if inference_steps:
@@ -462,6 +465,7 @@ def test_ddpm_step_matches_diffusers(param, clip, variance_type, inference_steps
 @pytest.mark.parametrize("use_clipped", [False, True])
 @pytest.mark.parametrize("spacing,alpha_to_one", [("leading", True), ("trailing", True), ("leading", False)])
 def test_ddim_step_matches_diffusers(param, clip, eta, use_clipped, spacing, alpha_to_one):
+    diffusers = pytest.importorskip("diffusers")
     sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                                     prediction_type=DIFFUSERS_PRED[param], clip_sample=clip, timestep_spacing=spacing,
                                     set_alpha_to_one=alpha_to_one)
@@ -541,7 +545,8 @@ def _z(seed=1):
 def test_gmm_ancestral_continuous(target, param, variance):
     gmm, x = target
     z, gen = _z()
-    out = samplers.sample_ancestral(gmm.model(CONT, param), z, CONT, samplers.uniform_times(100), parameterization=param,
+    out = samplers.sample_ancestral(gmm.model(CONT, param), z, CONT, samplers.uniform_times(100),
+                                    parameterization=param,
                                     variance=variance, generator=gen, backend=BACKEND)
     check_matches(_from_z0(out), gmm, x)
 
@@ -616,24 +621,6 @@ def test_gmm_ode_heun_discrete(target):
 
 
 # --- no host-device synchronisation ----------------------------------------------------------------------------
-
-SYNCS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "argwhere", "masked_select",
-         "unique", "numpy"}
-
-
-class SyncTrap(TorchFunctionMode):
-    """Records every tensor -> host read (what forces a device synchronisation on a GPU)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in SYNCS:
-            self.calls.append(name)
-        return func(*args, **(kwargs or {}))
-
 
 def test_sync_trap_catches():
     with SyncTrap() as trap:

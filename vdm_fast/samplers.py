@@ -391,7 +391,10 @@ class _Evaluator:
 
 
 def _per_sample(name, value, batch, device, dtype) -> torch.Tensor:
-    v = torch.as_tensor(value, dtype=dtype, device=device) if not isinstance(value, torch.Tensor) else value.to(device, dtype)
+    if isinstance(value, torch.Tensor):
+        v = value.to(device, dtype)
+    else:
+        v = torch.as_tensor(value, dtype=dtype, device=device)
     if v.dim() == 0:
         v = v.expand(batch)
     if v.shape != (batch,):
@@ -512,7 +515,8 @@ def sample_annealed_langevin(model, z: torch.Tensor, schedule, times, *, n_steps
     """Annealed Langevin dynamics (NCSN; Song & Ermon 2019, Alg. 1): for every level of ``times``
     (all K+1 of them, noisiest first), ``n_steps_each`` Langevin steps with step size
     :func:`annealed_langevin_step_sizes` (epsilon; None: NCSN's ratio to the last level).
-    Returns z at the last level, or with ``denoise=True`` the Tweedie estimate x̂ there (NCSNv2's final denoising step, one more call).
+    Returns z at the last level, or with ``denoise=True`` the Tweedie estimate x̂ there (NCSNv2's
+    final denoising step, one more model call).
     ``callback(k, t, z)`` after every Langevin step k (counted over all levels)."""
     if not isinstance(n_steps_each, int) or n_steps_each < 1:
         raise ValueError(f"n_steps_each must be a positive int, got {n_steps_each!r}")
