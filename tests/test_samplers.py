@@ -664,3 +664,38 @@ def test_no_host_sync(name, kind):
     # the one documented exception: Heun on an integer grid reads the last timestep once, before the loop
     allowed = 2 if (name == "ode_heun" and kind == "discrete") else 0
     assert len(trap.calls) <= allowed, trap.calls
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_no_cuda_sync_inside_loop(name):
+    """On a GPU, torch's own sync detector: steps 1..K-1 run under set_sync_debug_mode("error")
+    (switched on by the callback after step 0, so set-up copies before the loop are allowed)."""
+    sch, times = schedule_and_times("continuous")
+    z = torch.randn(4, 3, device="cuda")
+
+    def arm(i, t, zz):
+        if i == 0:
+            torch.cuda.set_sync_debug_mode("error")
+
+    def model(zz, t):
+        return 0.3 * torch.tanh(zz) * col(t, zz)
+
+    runs = {
+        "ancestral": lambda: samplers.sample_ancestral(model, z, sch, times, clip=1.0, callback=arm),
+        "ancestral_beta": lambda: samplers.sample_ancestral(model, z, sch, times, variance="beta", callback=arm),
+        "ddim": lambda: samplers.sample_ddim(model, z, sch, times, clip=1.0, callback=arm),
+        "ddim_eta": lambda: samplers.sample_ddim(model, z, sch, times, eta=0.5, callback=arm),
+        "annealed": lambda: samplers.sample_annealed_langevin(model, z, sch, times, n_steps_each=2,
+                                                              parameterization="eps", callback=arm),
+        "langevin": lambda: samplers.sample_langevin(model, z, sch, 0.5, 3, 0.01, parameterization="eps", callback=arm),
+        "pc": lambda: samplers.sample_pc(model, z, sch, times, callback=arm),
+        "pc_batch": lambda: samplers.sample_pc(model, z, sch, times, norm="batch", callback=arm),
+        "ode_euler": lambda: samplers.sample_ode(model, z, sch, times, method="euler", callback=arm),
+        "ode_heun": lambda: samplers.sample_ode(model, z, sch, times, method="heun", callback=arm),
+    }
+    try:
+        out = runs[name]()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out).all()
