@@ -389,6 +389,28 @@ def test_callback_and_progress():
     assert [s[0] for s in seen] == [0, 1, 2, 3] and [s[1] for s in seen] == [0.75, 0.5, 0.25, 0.0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_data(dtype):
+    """Half data: coefficients in float32, model output cast to z's dtype, result near the fp32 run."""
+    sch, times = schedule_and_times("continuous")
+    model = toy_model("eps")
+    z = torch.randn(6, 5)
+    for run in (samplers.sample_ddim, samplers.sample_ode, samplers.sample_pc):
+        want = run(model, z, sch, times.float(), backend=BACKEND) if run is not samplers.sample_pc else None
+        got = run(model, z.to(dtype), sch, times.float(), backend=BACKEND)
+        assert got.dtype == dtype and torch.isfinite(got.float()).all()
+        if want is not None:
+            torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
+
+
+def test_empty_batch():
+    sch, times = schedule_and_times("discrete")
+    z = torch.randn(0, 3)
+    for run in (samplers.sample_ancestral, samplers.sample_ddim, samplers.sample_pc, samplers.sample_ode,
+                samplers.sample_annealed_langevin):
+        assert run(toy_model("eps"), z, sch, times[:3], parameterization="eps", backend=BACKEND).shape == (0, 3)
+
+
 def test_inputs_not_modified():
     z = torch.randn(3, 2)
     z_copy = z.clone()

@@ -573,7 +573,8 @@ def sample_pc(model, z: torch.Tensor, schedule, times, *, snr: float = 0.16, n_c
     cdt = grid.cdt
 
     def norms(x: torch.Tensor) -> torch.Tensor:
-        n = torch.linalg.vector_norm(x.reshape(x.shape[0], -1).to(cdt), dim=1)
+        flat = x.flatten(1) if x.dim() > 1 else x[:, None]  # reshape(B, -1) fails for B = 0
+        n = torch.linalg.vector_norm(flat.to(cdt), dim=1)
         return n.mean().expand_as(n) if norm == "batch" else n
 
     with torch.no_grad():
