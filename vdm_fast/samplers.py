@@ -13,9 +13,9 @@ alpha² = sigmoid(-gamma), sigma² = sigmoid(gamma), with ratios taken as exp/ex
 gamma differences so that nothing cancels at either end of a schedule.
 
 Builders take ``gamma_t`` (the noisier level, where the model is evaluated) and ``gamma_s`` (the
-level stepped to) as tensors of any broadcastable shape and return a tensor of shape
-``shape + (6,)`` moved so that the 6 sits at dim -2: for (B,) gammas a (6, B) tensor (exactly
-what ``reverse_step`` takes), for a (K, B) table a (K, 6, B) tensor (one row per step).
+level stepped to) as tensors of any broadcastable shape and return the six scalars
+(a_z, a_m, c_z, c_m, c_x, c_n) stacked at dim -2: a (6, B) tensor for (B,) gammas (exactly what
+``reverse_step`` takes), a (K, 6, B) table for (K, B) gammas (one row per step).
 ``gamma_s = -inf`` is the clean level (alpha = 1, sigma = 0): the last step of a discrete
 diffusers grid (``prev_t < 0``).
 
