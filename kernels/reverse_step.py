@@ -63,7 +63,9 @@ def _reverse_step_kernel(
     if CG:
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc)
         gs = tl.load(gs_ptr + b)
-    out = _step_mean(z, m, u, g, a_z, a_m, c_z, c_m, c_x, w, gs, clip.to(acc), CFG, CG, CLIP)
+    # tl.full casts the clip scalar (fp32, or fp64 when torch.compile passes it) to the compute type.
+    clip_v = tl.full([BLOCK], clip, acc)
+    out = _step_mean(z, m, u, g, a_z, a_m, c_z, c_m, c_x, w, gs, clip_v, CFG, CG, CLIP)
     if NOISE:
         c_n = tl.load(coeff_ptr + 5 * B + b)
         out = out + c_n * tl.load(n_ptr + offs, mask=mask, other=0.0).to(acc)

@@ -20,7 +20,19 @@ from .._layout import empty_out_like
 from ._registry import Implementations, native_defined, triton_kernels
 
 NAME = "reverse_step"
-impls = Implementations(NAME, {"reference": reference.reverse_step})
+
+
+def _reference(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise):
+    # Here noise=None means "no noise term": the public function has already decided that nothing
+    # is drawn. The reference would look at c_n again on the host (a device sync, and a graph
+    # break under torch.compile), so it gets zeros instead, which is the same update.
+    if noise is None:
+        noise = torch.zeros_like(z)
+    return reference.reverse_step(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip,
+                                  noise)
+
+
+impls = Implementations(NAME, {"reference": _reference})
 
 
 def _fake(z, model_out, coeffs, uncond=None, guidance_scale=None, classifier_grad=None, grad_scale=None, clip=None,
