@@ -176,7 +176,8 @@ def test_noncontiguous_inputs(backend, layout, which):
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize("form", ["(6,B)", "(6,)", "sequence of floats", "sequence of tensors", "float64 (6,B)"])
+@pytest.mark.parametrize("form", ["(6,B)", "(6,)", "sequence of floats", "sequence of tensors", "float64 (6,B)",
+                                  "transposed (6,B)"])
 def test_coefficient_forms(backend, form):
     name, device = backend
     args, kw = make_inputs((3, 2, 5, 5), torch.float32, device, cfg=False, cg=False)
@@ -191,6 +192,7 @@ def test_coefficient_forms(backend, form):
                                         torch.full((B, 1, 1, 1), vals[2], device=device), vals[3],
                                         torch.full((B,), vals[4], device=device, dtype=torch.float64), vals[5]],
         "float64 (6,B)": lambda: torch.tensor(vals, device=device, dtype=torch.float64)[:, None].repeat(1, B),
+        "transposed (6,B)": lambda: torch.tensor(vals, device=device)[None, :].repeat(B, 1).T,
     }[form]()
     out = reverse_step(z, m, coeffs, clip=1.0, backend=name, **kw)
     x_hat = (vals[0] * z + vals[1] * m).clamp(-1, 1)
