@@ -2,6 +2,11 @@
 
 Inference only. The coefficient builders in ``vdm_fast.samplers`` compute the six per-sample
 scalars once per step on the data's device; this op applies them in one pass over the data.
+
+Backends: the native op ``vdm_fast::reverse_step`` (C++ CPU kernel csrc/cpu/reverse_step.cpp,
+CUDA kernel csrc/cuda/reverse_step.cu), the Triton op ``vdm_fast::reverse_step_triton``
+(kernels/reverse_step.py) and the reference. None has a backward: sampling needs no gradients, and
+an input that requires grad (with grad mode on) is an error rather than a silently detached result.
 """
 
 from __future__ import annotations
@@ -11,10 +16,41 @@ import numbers
 import torch
 
 from .. import _checks, backends, reference
-from ._registry import Implementations
+from .._layout import empty_out_like
+from ._registry import Implementations, native_defined, triton_kernels
 
 NAME = "reverse_step"
-impls = Implementations(NAME, {"reference": reference.reverse_step})
+
+
+def _reference(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise):
+    # Here noise=None means "no noise term": the public function has already decided that nothing
+    # is drawn. The reference would look at c_n again on the host (a device sync, and a graph
+    # break under torch.compile), so it gets zeros instead, which is the same update.
+    if noise is None:
+        noise = torch.zeros_like(z)
+    return reference.reverse_step(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip,
+                                  noise)
+
+
+impls = Implementations(NAME, {"reference": _reference})
+
+
+def _fake(z, model_out, coeffs, uncond=None, guidance_scale=None, classifier_grad=None, grad_scale=None, clip=None,
+          noise=None):
+    return empty_out_like(z)
+
+
+if native_defined(NAME):
+    torch.library.register_fake("vdm_fast::reverse_step")(_fake)
+    # The Autograd kernel (csrc/reverse_step.cpp) rejects inputs that require grad.
+    impls.table["cpu"] = impls.table["cuda"] = torch.ops.vdm_fast.reverse_step.default
+
+_tk = triton_kernels(NAME)
+if _tk is not None:
+    reverse_step_triton = torch.library.triton_op("vdm_fast::reverse_step_triton", _tk.reverse_step, mutates_args=())
+    # Explicit fake: the Triton interpreter cannot run the launcher on fake tensors.
+    reverse_step_triton.register_fake(_fake)
+    impls.table["triton"] = reverse_step_triton
 
 
 def step_coeffs(op: str, coeffs, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -40,10 +76,40 @@ def step_coeffs(op: str, coeffs, batch: int, device: torch.device, dtype: torch.
                     f"{reference.STEP_COEFFS}, got {type(coeffs).__name__}")
 
 
+def _draws_noise(coeffs_arg, coeffs: torch.Tensor, stochastic) -> bool:
+    """Whether the update needs noise when none is given, decided without a device sync.
+
+    ``stochastic`` (the caller's Python-level knowledge, e.g. DDIM with eta = 0 is deterministic)
+    decides when given. Otherwise c_n is inspected where that is free: a Python number in a
+    sequence of coefficients, or coefficients on the CPU (eagerly; under torch.compile the check
+    would break the graph). Coefficients on an accelerator are assumed stochastic: reading them
+    would synchronise the device every step.
+    """
+    if stochastic is not None:
+        return stochastic
+    if isinstance(coeffs_arg, (list, tuple)) and isinstance(coeffs_arg[5], numbers.Real):
+        return coeffs_arg[5] != 0
+    if coeffs.device.type == "cpu" and not torch.compiler.is_compiling():
+        return bool(coeffs[5].any())
+    return True
+
+
+def _reject_grad(named) -> None:
+    if torch.is_grad_enabled():
+        for name, t in named:
+            if t is not None and t.requires_grad:
+                raise ValueError(f"{NAME}: {name} requires grad, but reverse_step is inference-only (no backward); "
+                                 "detach it, or call under torch.no_grad() or torch.inference_mode()")
+
+
 def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=None, guidance_scale=None,
                  classifier_grad=None, grad_scale=None, clip=None, noise=None, generator=None,
-                 backend: str | None = None) -> torch.Tensor:
+                 stochastic: bool | None = None, backend: str | None = None) -> torch.Tensor:
     """One reverse (sampling) step, fused: guidance, x̂ (optionally clipped) and the affine update.
+
+    Per element: m = model_out, or uncond + w (model_out - uncond) with classifier-free guidance;
+    m += grad_scale * classifier_grad with classifier guidance; x̂ = a_z z + a_m m, clamped to
+    [-clip, clip] when clip is given; z_next = c_z z + c_m m + c_x x̂ + c_n n.
 
     Args:
         z: current latent z_t, shape (B, ...), float32/float64/float16/bfloat16, any strides.
@@ -54,16 +120,28 @@ def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=Non
             w per sample (float or (B,)); both or neither.
         classifier_grad, grad_scale: classifier guidance, m += grad_scale * classifier_grad.
         clip: clamp x̂ to [-clip, clip] (None: no clipping).
-        noise: the noise n of the update; None draws it (no draw when every c_n is 0).
+        noise: the noise n of the update, same shape/dtype/device as z. None: drawn when the step
+            is stochastic (see ``stochastic``). INTERIM: the draw is a separate
+            ``torch.randn(z.shape, dtype=z.dtype, generator=generator)`` before the fused kernel
+            (one more pass over memory), until the in-kernel Philox draw of DESIGN.md §6 lands.
         generator: the torch.Generator for drawn noise.
+        stochastic: whether some c_n is non-zero, i.e. whether noise must be drawn when ``noise``
+            is None. None (default): looked up where that costs no device sync — c_n given as a
+            Python number, or coefficients on the CPU — and otherwise (coefficients on a GPU, or
+            under torch.compile) assumed True, so noise is drawn and multiplied by c_n even if it
+            is 0. Samplers pass it from what they know (DDIM with eta = 0: False). False: nothing
+            is drawn and the c_n term is left out; it is an error to pass noise with it, and on
+            the CPU a non-zero c_n with it.
         backend: see :mod:`vdm_fast.backends`.
 
     Returns:
-        z_next, shape and dtype of z (strides of z when z is batch-major dense).
+        z_next, shape and dtype of z (strides of z when z is batch-major dense). Not
+        differentiable: an input that requires grad while grad mode is on raises ValueError.
     """
     _checks.data(NAME, "z", z)
     _checks.same_as(NAME, "model_out", model_out, z, "z")
     batch, cdt = z.shape[0], _checks.compute_dtype(z.dtype)
+    coeffs_arg = coeffs
     coeffs = step_coeffs(NAME, coeffs, batch, z.device, cdt)
     if (uncond is None) != (guidance_scale is None):
         raise ValueError(f"{NAME}: uncond and guidance_scale go together (classifier-free guidance); "
@@ -85,5 +163,18 @@ def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=Non
         _checks.same_as(NAME, "noise", noise, z, "z")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{NAME}: generator must be a torch.Generator, got {type(generator).__name__}")
+    if stochastic is not None and not isinstance(stochastic, bool):
+        raise TypeError(f"{NAME}: stochastic must be True, False or None, got {type(stochastic).__name__}")
+    _reject_grad((("z", z), ("model_out", model_out), ("coeffs", coeffs), ("uncond", uncond),
+                  ("guidance_scale", guidance_scale), ("classifier_grad", classifier_grad),
+                  ("grad_scale", grad_scale), ("noise", noise)))
+    if stochastic is False:
+        if noise is not None:
+            raise ValueError(f"{NAME}: stochastic=False but noise was given; pass one or the other")
+        if coeffs.device.type == "cpu" and not torch.compiler.is_compiling() and bool(coeffs[5].any()):
+            raise ValueError(f"{NAME}: stochastic=False but some c_n (coeffs row 5) is non-zero")
+    elif noise is None and _draws_noise(coeffs_arg, coeffs, stochastic):
+        # Interim (see the docstring): drawn here until the kernels draw Philox noise in-kernel.
+        noise = torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
     impl = impls(backends.resolve(backend, z.device, NAME))
-    return impl(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, generator)
+    return impl(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise)

@@ -1,0 +1,77 @@
+// Host-side checks of reverse_step shared by the CPU and CUDA kernels: validate every argument
+// (messages name it), allocate the output by the layout rule and bring every data input into the
+// output's layout.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "common.h"
+#include "reverse_step_math.h"
+
+namespace vdm_fast {
+
+struct StepInputs {
+  at::Tensor out, z, model_out, uncond, grad, noise;  // data, all in out's layout (optional ones undefined)
+  at::Tensor coeffs, guidance_scale, grad_scale;      // per-sample, compute dtype (optional ones undefined)
+  StepFlags flags;
+  double clip;
+  int64_t B, D;
+};
+
+inline StepInputs prepare_reverse_step(const char* op, const at::Tensor& z, const at::Tensor& model_out,
+                                       const at::Tensor& coeffs, const std::optional<at::Tensor>& uncond,
+                                       const std::optional<at::Tensor>& guidance_scale,
+                                       const std::optional<at::Tensor>& classifier_grad,
+                                       const std::optional<at::Tensor>& grad_scale, std::optional<double> clip,
+                                       const std::optional<at::Tensor>& noise) {
+  check_data(op, "z", z);
+  check_same_data(op, "model_out", model_out, z, "z");
+  StepInputs in;
+  in.B = z.size(0);
+  in.D = per_sample_numel(z);
+  const auto cdt = compute_dtype(z.scalar_type());
+  TORCH_CHECK(coeffs.dim() == 2 && coeffs.size(0) == kStepRows && coeffs.size(1) == in.B, op,
+              ": coeffs must have shape (6, B=", in.B, "), rows (a_z, a_m, c_z, c_m, c_x, c_n), got ",
+              coeffs.sizes());
+  TORCH_CHECK(coeffs.scalar_type() == cdt, op, ": coeffs must be ", cdt, " for this data, got ", coeffs.scalar_type());
+  TORCH_CHECK(coeffs.device() == z.device(), op, ": coeffs must be on ", z.device(), ", got ", coeffs.device());
+  TORCH_CHECK(coeffs.is_contiguous(), op, ": coeffs must be contiguous");
+  in.coeffs = coeffs;
+
+  const bool has_u = uncond.has_value() && uncond->defined();
+  const bool has_w = guidance_scale.has_value() && guidance_scale->defined();
+  TORCH_CHECK(has_u == has_w, op, ": uncond and guidance_scale go together (classifier-free guidance); got ",
+              has_u ? "uncond" : "guidance_scale", " alone");
+  const bool has_g = classifier_grad.has_value() && classifier_grad->defined();
+  const bool has_gs = grad_scale.has_value() && grad_scale->defined();
+  TORCH_CHECK(has_g == has_gs, op, ": classifier_grad and grad_scale go together (classifier guidance); got ",
+              has_g ? "classifier_grad" : "grad_scale", " alone");
+  const bool has_n = noise.has_value() && noise->defined();
+  if (has_u) {
+    check_same_data(op, "uncond", *uncond, z, "z");
+    check_coeff(op, "guidance_scale", *guidance_scale, in.B, cdt, z.device());
+    in.guidance_scale = *guidance_scale;
+  }
+  if (has_g) {
+    check_same_data(op, "classifier_grad", *classifier_grad, z, "z");
+    check_coeff(op, "grad_scale", *grad_scale, in.B, cdt, z.device());
+    in.grad_scale = *grad_scale;
+  }
+  if (has_n) check_same_data(op, "noise", *noise, z, "z");
+  TORCH_CHECK(!clip.has_value() || *clip > 0, op, ": clip must be positive, got ", clip.value_or(0.0));
+  in.flags = StepFlags{has_u, has_g, clip.has_value(), has_n};
+  in.clip = clip.value_or(0.0);
+
+  in.out = new_output_like(z);
+  if (in.out.numel() == 0) return in;
+  in.z = in_layout_of(z, in.out);
+  in.model_out = in_layout_of(model_out, in.out);
+  if (has_u) in.uncond = in_layout_of(*uncond, in.out);
+  if (has_g) in.grad = in_layout_of(*classifier_grad, in.out);
+  if (has_n) in.noise = in_layout_of(*noise, in.out);
+  return in;
+}
+
+}  // namespace vdm_fast

@@ -1,0 +1,95 @@
+// The per-element math of reverse_step (DESIGN.md §4.6), shared by the CPU and CUDA kernels so
+// both compute exactly the same expression in the same order as vdm_fast/reference.py.
+//
+// The update is split in two on purpose: step_mean() is everything except the noise term, and the
+// kernels add c_n * n themselves. A noise source other than a tensor (an in-kernel Philox draw,
+// DESIGN.md §6) then only changes where n comes from, never this function.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#if defined(__CUDACC__)
+#define VDM_FAST_HOST_DEVICE __host__ __device__
+#else
+#define VDM_FAST_HOST_DEVICE
+#endif
+
+namespace vdm_fast {
+
+// Row order of the (6, B) coefficient tensor: (a_z, a_m, c_z, c_m, c_x, c_n).
+enum StepRow { kAZ = 0, kAM, kCZ, kCM, kCX, kCN, kStepRows };
+
+// The per-sample scalars of one sample, in the compute type.
+template <typename acc_t>
+struct StepScalars {
+  acc_t a_z, a_m, c_z, c_m, c_x, c_n;
+  acc_t w;     // classifier-free guidance scale (CFG only)
+  acc_t gs;    // classifier-guidance scale (CG only)
+  acc_t clip;  // clamp bound of x̂ (CLIP only)
+};
+
+// Which optional parts of the update a kernel instantiation applies.
+struct StepFlags {
+  bool cfg, cg, clip, noise;
+};
+
+template <typename acc_t>
+VDM_FAST_HOST_DEVICE inline StepScalars<acc_t> load_step_scalars(const acc_t* coeffs, int64_t B, int64_t b,
+                                                                  const acc_t* w, const acc_t* gs, acc_t clip) {
+  StepScalars<acc_t> s;
+  s.a_z = coeffs[kAZ * B + b];
+  s.a_m = coeffs[kAM * B + b];
+  s.c_z = coeffs[kCZ * B + b];
+  s.c_m = coeffs[kCM * B + b];
+  s.c_x = coeffs[kCX * B + b];
+  s.c_n = coeffs[kCN * B + b];
+  s.w = w ? w[b] : acc_t(0);
+  s.gs = gs ? gs[b] : acc_t(0);
+  s.clip = clip;
+  return s;
+}
+
+// c_z z + c_m m + c_x x̂ for one element, with m the guided model output and x̂ = a_z z + a_m m,
+// clamped to [-clip, clip] when CLIP. The comparisons keep a NaN x̂ NaN, as torch.clamp does.
+template <bool CFG, bool CG, bool CLIP, typename acc_t>
+VDM_FAST_HOST_DEVICE inline acc_t step_mean(acc_t z, acc_t model_out, acc_t uncond, acc_t grad,
+                                            const StepScalars<acc_t>& s) {
+  acc_t m = model_out;
+  if constexpr (CFG) m = uncond + s.w * (model_out - uncond);
+  if constexpr (CG) m = m + s.gs * grad;
+  acc_t x_hat = s.a_z * z + s.a_m * m;
+  if constexpr (CLIP) x_hat = x_hat < -s.clip ? -s.clip : (x_hat > s.clip ? s.clip : x_hat);
+  return s.c_z * z + s.c_m * m + s.c_x * x_hat;
+}
+
+// Calls fn(cfg, cg, clip, noise) with std::bool_constant arguments for the runtime flags, so the
+// callee instantiates one tight loop per combination of optional inputs (read the flags back with
+// decltype(cfg)::value).
+template <typename F>
+void dispatch_step_flags(const StepFlags& f, const F& fn) {
+  auto with_noise = [&](auto cfg, auto cg, auto clip) {
+    if (f.noise)
+      fn(cfg, cg, clip, std::true_type{});
+    else
+      fn(cfg, cg, clip, std::false_type{});
+  };
+  auto with_clip = [&](auto cfg, auto cg) {
+    if (f.clip)
+      with_noise(cfg, cg, std::true_type{});
+    else
+      with_noise(cfg, cg, std::false_type{});
+  };
+  auto with_cg = [&](auto cfg) {
+    if (f.cg)
+      with_clip(cfg, std::true_type{});
+    else
+      with_clip(cfg, std::false_type{});
+  };
+  if (f.cfg)
+    with_cg(std::true_type{});
+  else
+    with_cg(std::false_type{});
+}
+
+}  // namespace vdm_fast

@@ -1,0 +1,106 @@
+"""reverse_step in Triton (DESIGN.md §4.6): guidance, x̂ (optionally clipped) and the affine update.
+
+One program per (sample, chunk of BLOCK elements), flattened into a 1-D grid (no 65535 limit on
+either): the per-sample scalars are loaded once per program. The optional parts (classifier-free
+guidance, classifier guidance, clip, noise) are constexpr flags, so each combination compiles to
+its own tight kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from vdm_fast._layout import empty_out_like, in_layout_of, per_sample_numel
+
+BLOCK = 1024
+
+
+@triton.jit
+def _step_mean(z, m, u, g, a_z, a_m, c_z, c_m, c_x, w, gs, clip,
+               CFG: tl.constexpr, CG: tl.constexpr, CLIP: tl.constexpr):
+    """c_z z + c_m m + c_x x̂: the whole update except the noise term c_n n, so a different noise
+    source (an in-kernel draw) changes only the caller. Same order of operations as the reference."""
+    if CFG:
+        m = u + w * (m - u)
+    if CG:
+        m = m + gs * g
+    x_hat = a_z * z + a_m * m
+    if CLIP:
+        # Comparisons rather than min/max: a NaN x̂ stays NaN, as with torch.clamp.
+        x_hat = tl.where(x_hat < -clip, -clip, tl.where(x_hat > clip, clip, x_hat))
+    return c_z * z + c_m * m + c_x * x_hat
+
+
+@triton.jit
+def _reverse_step_kernel(
+    out_ptr, z_ptr, m_ptr, u_ptr, g_ptr, n_ptr, coeff_ptr, w_ptr, gs_ptr, clip, B, D, chunks,
+    CFG: tl.constexpr, CG: tl.constexpr, CLIP: tl.constexpr, NOISE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // chunks
+    c = pid % chunks
+    local = c * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = local < D
+    offs = b * D + local
+    a_z = tl.load(coeff_ptr + b)
+    acc = a_z.dtype  # float32, or float64 for float64 data
+    a_m = tl.load(coeff_ptr + B + b)
+    c_z = tl.load(coeff_ptr + 2 * B + b)
+    c_m = tl.load(coeff_ptr + 3 * B + b)
+    c_x = tl.load(coeff_ptr + 4 * B + b)
+    z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(acc)
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(acc)
+    u = m
+    w = a_z
+    if CFG:
+        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(acc)
+        w = tl.load(w_ptr + b)
+    g = m
+    gs = a_z
+    if CG:
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc)
+        gs = tl.load(gs_ptr + b)
+    # tl.full casts the clip scalar (fp32, or fp64 when torch.compile passes it) to the compute type.
+    clip_v = tl.full([BLOCK], clip, acc)
+    out = _step_mean(z, m, u, g, a_z, a_m, c_z, c_m, c_x, w, gs, clip_v, CFG, CG, CLIP)
+    if NOISE:
+        c_n = tl.load(coeff_ptr + 5 * B + b)
+        out = out + c_n * tl.load(n_ptr + offs, mask=mask, other=0.0).to(acc)
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def reverse_step(
+    z: torch.Tensor,
+    model_out: torch.Tensor,
+    coeffs: torch.Tensor,
+    uncond: torch.Tensor | None = None,
+    guidance_scale: torch.Tensor | None = None,
+    classifier_grad: torch.Tensor | None = None,
+    grad_scale: torch.Tensor | None = None,
+    clip: float | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Launcher; arguments as ``vdm_fast::reverse_step`` (already validated by the op module).
+    ``noise=None`` leaves the c_n term out."""
+    out = empty_out_like(z)
+    if out.numel() == 0:
+        return out
+    B, D = z.shape[0], per_sample_numel(z)
+    cfg, cg, has_noise = uncond is not None, classifier_grad is not None, noise is not None
+    zl = in_layout_of(z, out)
+    ml = in_layout_of(model_out, out)
+    # Absent inputs: any valid pointer of the right type; the constexpr flags keep it unread.
+    ul = in_layout_of(uncond, out) if cfg else zl
+    gl = in_layout_of(classifier_grad, out) if cg else zl
+    nl = in_layout_of(noise, out) if has_noise else zl
+    chunks = triton.cdiv(D, BLOCK)
+    wrap_triton(_reverse_step_kernel)[(B * chunks,)](
+        out, zl, ml, ul, gl, nl, coeffs,
+        guidance_scale if cfg else coeffs, grad_scale if cg else coeffs,
+        float(clip) if clip is not None else 1.0, B, D, chunks,
+        CFG=cfg, CG=cg, CLIP=clip is not None, NOISE=has_noise, BLOCK=BLOCK,
+    )
+    return out

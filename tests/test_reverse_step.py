@@ -1,0 +1,531 @@
+"""reverse_step (DESIGN.md §4.6): every backend equals the reference, for every combination of
+optional inputs. Inference-only op: there is no backward to test; instead, inputs requiring grad
+are rejected with a clear error, and the op runs under no_grad and inference_mode."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+import torch
+
+import vdm_fast
+from vdm_fast import _library, backends, reference
+from vdm_fast.ops.reverse_step import reverse_step
+from helpers import LOW_PRECISION, assert_tight, assert_within_2x_of_torch, backend_params
+
+BACKENDS = backend_params("reverse_step")
+ALL_BACKENDS = backend_params("reverse_step", include_reference=True)
+SHAPES = [(1, 3), (7, 13), (5, 3, 11, 7), (2, 3, 5, 7, 3), (3, 1, 1, 1), (4, 2053)]
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+CLIP = 0.7  # small enough that the clamp is active on many elements
+# (cfg, classifier guidance, clip, noise given) — noise off means every c_n is 0.
+COMBOS = list(itertools.product([False, True], repeat=4))
+COMBO_IDS = ["-".join(n if on else f"no_{n}" for n, on in zip(("cfg", "cg", "clip", "noise"), c)) for c in COMBOS]
+
+
+def make_inputs(shape, dtype, device, cfg=True, cg=True, noise=True):
+    """Positional args and keyword args of the public op, with realistic coefficient ranges."""
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    B = shape[0]
+
+    def data():
+        return torch.randn(shape, device=device).to(dtype)
+
+    coeffs = torch.stack([
+        1 + 3 * torch.rand(B, device=device, dtype=cdt),  # a_z = 1/alpha
+        -2 * torch.rand(B, device=device, dtype=cdt),  # a_m = -sigma/alpha
+        torch.rand(B, device=device, dtype=cdt),  # c_z
+        torch.rand(B, device=device, dtype=cdt) - 0.5,  # c_m
+        torch.rand(B, device=device, dtype=cdt),  # c_x
+        0.1 + torch.rand(B, device=device, dtype=cdt) if noise else torch.zeros(B, device=device, dtype=cdt),
+    ])
+    kw = {}
+    if cfg:
+        kw.update(uncond=data(), guidance_scale=1 + 6 * torch.rand(B, device=device, dtype=cdt))
+    if cg:
+        kw.update(classifier_grad=data(), grad_scale=torch.rand(B, device=device, dtype=cdt))
+    if noise:
+        kw["noise"] = data()
+    return (data(), data(), coeffs), kw
+
+
+def ref_call(args, kw, clip=None):
+    """The reference with the normalised signature (what every backend must equal)."""
+    z, m, coeffs = args
+    return reference.reverse_step(z, m, coeffs, kw.get("uncond"), kw.get("guidance_scale"),
+                                  kw.get("classifier_grad"), kw.get("grad_scale"), clip, kw.get("noise"))
+
+
+def naive(args, kw, clip=None):
+    """DESIGN.md §4.6 written out in float64, independently of vdm_fast.reference."""
+    z, m, coeffs = (t.double() for t in args)
+    view = (-1,) + (1,) * (z.dim() - 1)
+    a_z, a_m, c_z, c_m, c_x, c_n = (c.reshape(view) for c in coeffs)
+    if "uncond" in kw:
+        u = kw["uncond"].double()
+        m = u + kw["guidance_scale"].double().reshape(view) * (m - u)
+    if "classifier_grad" in kw:
+        m = m + kw["grad_scale"].double().reshape(view) * kw["classifier_grad"].double()
+    x_hat = a_z * z + a_m * m
+    if clip is not None:
+        x_hat = torch.minimum(torch.maximum(x_hat, torch.tensor(-clip, dtype=x_hat.dtype)), torch.tensor(clip, dtype=x_hat.dtype))
+    out = c_z * z + c_m * m + c_x * x_hat
+    if "noise" in kw:
+        out = out + c_n * kw["noise"].double()
+    return out
+
+
+# --- equality with the reference -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("combo", COMBOS, ids=COMBO_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_every_combination_matches(backend, combo, dtype):
+    name, device = backend
+    cfg, cg, clip_on, noise = combo
+    clip = CLIP if clip_on else None
+    args, kw = make_inputs((5, 3, 11, 7), dtype, device, cfg=cfg, cg=cg, noise=noise)
+    out = reverse_step(*args, clip=clip, backend=name, **kw)
+    assert out.dtype == dtype and out.shape == args[0].shape
+    # The reference is checked against the independent float64 formula, the kernels against it.
+    want = ref_call(args, kw, clip) if name != "reference" else naive(args, kw, clip).to(dtype)
+    assert_tight(out, want)
+    if clip_on:  # the clamp must have mattered, or this case tests nothing about it
+        assert not torch.allclose(naive(args, kw, None), naive(args, kw, clip))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_odd_shapes(backend, shape, dtype):
+    name, device = backend
+    for cfg, cg, clip in [(False, False, None), (True, False, None), (False, False, CLIP), (True, True, CLIP)]:
+        args, kw = make_inputs(shape, dtype, device, cfg=cfg, cg=cg)
+        assert_tight(reverse_step(*args, clip=clip, backend=name, **kw), ref_call(args, kw, clip),
+                     msg=f"cfg={cfg} cg={cg} clip={clip}")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("clip", [None, CLIP])
+def test_low_precision_within_2x_of_pytorch(backend, dtype, clip):
+    name, device = backend
+    args, kw = make_inputs((6, 3, 17, 9), dtype, device)
+    out = reverse_step(*args, clip=clip, backend=name, **kw)
+    assert out.dtype == dtype
+    truth = naive(args, kw, clip)  # float64 on the same rounded inputs
+
+    def in_dtype(t):
+        return t.to(dtype).reshape((-1,) + (1,) * (args[0].dim() - 1))
+
+    # PyTorch itself, eagerly in the low dtype.
+    z, m, coeffs = args
+    a_z, a_m, c_z, c_m, c_x, c_n = (in_dtype(c) for c in coeffs)
+    u = kw["uncond"]
+    m = u + in_dtype(kw["guidance_scale"]) * (m - u)
+    m = m + in_dtype(kw["grad_scale"]) * kw["classifier_grad"]
+    x_hat = a_z * z + a_m * m
+    if clip is not None:
+        x_hat = x_hat.clamp(-clip, clip)
+    native = c_z * z + c_m * m + c_x * x_hat + c_n * kw["noise"]
+    assert_within_2x_of_torch(out, native, truth, "z_next")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_empty_batch(backend):
+    name, device = backend
+    args, kw = make_inputs((0, 3, 4, 4), torch.float32, device)
+    out = reverse_step(*args, clip=1.0, backend=name, **kw)
+    assert out.shape == (0, 3, 4, 4)
+    out = reverse_step(*args[:2], [0.5, 0.1, 0.2, 0.3, 0.4, 0.0], backend=name)  # sequence form, B = 0
+    assert out.shape == (0, 3, 4, 4)
+
+
+def _layouts(device):
+    base = torch.randn(4, 6, 10, 8, device=device)
+    return {
+        "transposed": base.transpose(2, 3),  # dense, batch-major, other strides
+        "batch_not_outermost": torch.randn(6, 4, 10, 8, device=device).transpose(0, 1),
+        "sliced": base[:, :, 1:9:2, ::3],
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "expanded": torch.randn(4, 6, 1, 8, device=device).expand(4, 6, 10, 8),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["transposed", "batch_not_outermost", "sliced", "channels_last", "expanded"])
+@pytest.mark.parametrize("which", ["z", "others"])
+def test_noncontiguous_inputs(backend, layout, which):
+    name, device = backend
+    view = _layouts(device)[layout]
+    args, kw = make_inputs(tuple(view.shape), torch.float32, device)
+    if which == "z":
+        args = (view, args[1], args[2])  # the others contiguous: mixed layouts
+    else:
+        kw = {k: (_layouts(device)[layout] if k in ("uncond", "classifier_grad", "noise") else v) for k, v in kw.items()}
+        args = (args[0], _layouts(device)[layout], args[2])
+    out = reverse_step(*args, clip=CLIP, backend=name, **kw)
+    assert_tight(out, ref_call(args, kw, CLIP))
+    if which == "z" and layout in ("channels_last", "transposed"):
+        assert out.stride() == view.stride(), "the output takes z's layout when z is batch-major dense"
+    if which == "z" and layout in ("sliced", "expanded", "batch_not_outermost"):
+        assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("form", ["(6,B)", "(6,)", "sequence of floats", "sequence of tensors", "float64 (6,B)",
+                                  "transposed (6,B)"])
+def test_coefficient_forms(backend, form):
+    name, device = backend
+    args, kw = make_inputs((3, 2, 5, 5), torch.float32, device, cfg=False, cg=False)
+    z, m, _ = args
+    vals = [1.5, -0.7, 0.4, 0.1, 0.6, 0.3]
+    B = z.shape[0]
+    coeffs = {
+        "(6,B)": lambda: torch.tensor(vals, device=device)[:, None].repeat(1, B),
+        "(6,)": lambda: torch.tensor(vals, device=device),
+        "sequence of floats": lambda: vals,
+        "sequence of tensors": lambda: [torch.tensor(vals[0], device=device), torch.full((B,), vals[1], device=device),
+                                        torch.full((B, 1, 1, 1), vals[2], device=device), vals[3],
+                                        torch.full((B,), vals[4], device=device, dtype=torch.float64), vals[5]],
+        "float64 (6,B)": lambda: torch.tensor(vals, device=device, dtype=torch.float64)[:, None].repeat(1, B),
+        "transposed (6,B)": lambda: torch.tensor(vals, device=device)[None, :].repeat(B, 1).T,
+    }[form]()
+    out = reverse_step(z, m, coeffs, clip=1.0, backend=name, **kw)
+    x_hat = (vals[0] * z + vals[1] * m).clamp(-1, 1)
+    assert_tight(out, vals[2] * z + vals[3] * m + vals[4] * x_hat + vals[5] * kw["noise"])
+    # Per-sample guidance scales accept the same forms as any per-sample coefficient.
+    u = torch.randn_like(z)
+    for w in (2.0, torch.tensor(2.0, device=device), torch.full((B, 1, 1, 1), 2.0, device=device)):
+        got = reverse_step(z, m, coeffs, uncond=u, guidance_scale=w, classifier_grad=u, grad_scale=0.5,
+                           noise=kw["noise"], backend=name)
+        mg = u + 2.0 * (m - u) + 0.5 * u
+        assert_tight(got, vals[2] * z + vals[3] * mg + vals[4] * (vals[0] * z + vals[1] * mg) + vals[5] * kw["noise"])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_inputs_not_modified(backend):
+    name, device = backend
+    args, kw = make_inputs((3, 4, 5), torch.float32, device)
+    tensors = list(args) + list(kw.values())
+    before = [t.clone() for t in tensors]
+    reverse_step(*args, clip=CLIP, backend=name, **kw)
+    for b, t in zip(before, tensors):
+        assert torch.equal(b, t)
+
+
+# --- noise: given, drawn (interim torch.randn), or none ------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_drawn_noise_is_torch_randn_of_the_generator(backend):
+    name, device = backend
+    args, kw = make_inputs((3, 4, 5), torch.float32, device, cfg=False, cg=False)
+    del kw["noise"]
+    got = reverse_step(*args, clip=CLIP, generator=torch.Generator(device).manual_seed(7), backend=name)
+    n = torch.randn(args[0].shape, generator=torch.Generator(device).manual_seed(7), device=device)
+    assert_tight(got, ref_call(args, dict(noise=n), CLIP))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("how", ["cpu coeffs", "float c_n", "stochastic=False"])
+def test_no_draw_when_every_c_n_is_zero(backend, how):
+    name, device = backend
+    args, _ = make_inputs((3, 4, 5), torch.float32, device, cfg=False, cg=False, noise=False)
+    z, m, coeffs = args
+    gen = torch.Generator(device).manual_seed(3)
+    state = gen.get_state()
+    if how == "float c_n":
+        coeffs = [*coeffs[:5].unbind(0), 0.0]
+    out = reverse_step(z, m, coeffs, generator=gen, backend=name, stochastic=False if how == "stochastic=False" else None)
+    assert torch.equal(gen.get_state(), state), "nothing may be drawn when every c_n is 0"
+    assert_tight(out, ref_call(args, {}))
+
+
+def test_stochastic_flag_checks():
+    args, kw = make_inputs((3, 4, 5), torch.float32, "cpu", cfg=False, cg=False)
+    with pytest.raises(ValueError, match="stochastic"):
+        reverse_step(*args, noise=kw["noise"], stochastic=False)
+    with pytest.raises(ValueError, match="stochastic"):  # c_n is non-zero: checked on the host for CPU coeffs
+        reverse_step(*args, stochastic=False)
+    with pytest.raises(TypeError, match="stochastic"):
+        reverse_step(*args, stochastic=1)
+    # stochastic=True draws even though every c_n is 0 (what happens on a GPU, where c_n is not read).
+    z, m, coeffs = make_inputs((3, 4, 5), torch.float32, "cpu", cfg=False, cg=False, noise=False)[0]
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    out = reverse_step(z, m, coeffs, generator=gen, stochastic=True)
+    assert not torch.equal(gen.get_state(), state)
+    assert_tight(out, ref_call((z, m, coeffs), {}))
+
+
+# --- inference only ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("arg", ["z", "model_out", "uncond", "classifier_grad", "noise", "guidance_scale", "coeffs"])
+def test_inputs_requiring_grad_are_rejected(backend, arg):
+    name, device = backend
+    args, kw = make_inputs((3, 4, 5), torch.float32, device)
+    if arg in ("z", "model_out", "coeffs"):
+        i = ("z", "model_out", "coeffs").index(arg)
+        args = tuple(a.requires_grad_() if j == i else a for j, a in enumerate(args))
+    else:
+        kw[arg].requires_grad_()
+    with pytest.raises(ValueError, match=f"{arg} requires grad.*inference-only"):
+        reverse_step(*args, clip=CLIP, backend=name, **kw)
+    want = ref_call(args, kw, CLIP).detach()
+    with torch.no_grad():
+        assert_tight(reverse_step(*args, clip=CLIP, backend=name, **kw), want)
+    with torch.inference_mode():
+        out = reverse_step(*args, clip=CLIP, backend=name, **kw)
+    assert_tight(out, want)
+
+
+def test_native_op_rejects_grad_and_runs_in_inference_mode():
+    if not _library.has_native_kernel("reverse_step", "CPU"):
+        pytest.skip("native CPU kernel not built")
+    args, kw = make_inputs((3, 4, 5), torch.float32, "cpu")
+    op = torch.ops.vdm_fast.reverse_step.default
+    z, m, coeffs = args
+    nargs = (kw["uncond"], kw["guidance_scale"], kw["classifier_grad"], kw["grad_scale"], CLIP, kw["noise"])
+    want = ref_call(args, kw, CLIP)
+    with pytest.raises(ValueError, match="grad_scale requires grad"):
+        op(z, m, coeffs, *nargs[:3], nargs[3].clone().requires_grad_(), *nargs[4:])
+    with torch.inference_mode():
+        assert_tight(op(z, m, coeffs, *nargs), want)
+    with torch.no_grad():
+        assert_tight(op(z.clone().requires_grad_(), m, coeffs, *nargs), want)
+
+
+# --- registration: opcheck and torch.compile ---------------------------------------------------------
+# No autograd tests: the op has no backward by design (inference only); its Autograd kernel only
+# raises (tested above), so opcheck's test_autograd_registration is the relevant check.
+
+
+def _native_args(shape, combo):
+    cfg, cg, clip_on, noise = combo
+    args, kw = make_inputs(shape, torch.float32, "cpu", cfg=cfg, cg=cg, noise=noise)
+    return (*args, kw.get("uncond"), kw.get("guidance_scale"), kw.get("classifier_grad"), kw.get("grad_scale"),
+            CLIP if clip_on else None, kw.get("noise"))
+
+
+def test_opcheck_native():
+    if not _library.has_native_kernel("reverse_step", "CPU"):
+        pytest.skip("native CPU kernel not built")
+    op = torch.ops.vdm_fast.reverse_step.default
+    for shape, combo in [((3, 4, 5), (True, True, True, True)), ((1, 7), (False, False, False, False)),
+                         ((0, 2), (True, False, True, True)), ((2, 3), (False, True, False, True))]:
+        torch.library.opcheck(op, _native_args(shape, combo))
+    z_cl = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(op, (z_cl, torch.randn(2, 3, 4, 5), torch.rand(6, 2)))
+
+
+def test_opcheck_triton():
+    if backends.unavailable_reason("triton", "cpu", "reverse_step") and not torch.cuda.is_available():
+        pytest.skip(backends.unavailable_reason("triton", "cpu", "reverse_step"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Under the interpreter, AOT-dispatch tracing would run the kernel on fake tensors, which the
+    # interpreter cannot; schema, fake-tensor and autograd registration are checked regardless.
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    if device == "cuda":
+        utils = utils + ("test_aot_dispatch_dynamic",)
+    args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in _native_args((3, 4, 5), (True, True, True, True))]
+    torch.library.opcheck(torch.ops.vdm_fast.reverse_step_triton.default, tuple(args), test_utils=utils)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_compile_fullgraph(backend):
+    name, device = backend
+    if name == "triton" and INTERPRETED:
+        pytest.skip("torch.compile traces into triton_op kernels, which the Triton interpreter cannot run on fake "
+                    "tensors; this runs on a GPU")
+    torch._dynamo.reset()
+
+    def step(z, m, coeffs, u, w, noise):
+        # Two steps: CFG + clip + noise, then a deterministic one (c_n passed as a float).
+        z = reverse_step(z, m, coeffs, uncond=u, guidance_scale=w, clip=1.0, noise=noise, backend=name)
+        return reverse_step(z, m, [*coeffs[:5].unbind(0), 0.0], backend=name)
+
+    args, kw = make_inputs((4, 3, 8, 8), torch.float32, device, cg=False)
+    inputs = (*args, kw["uncond"], kw["guidance_scale"], kw["noise"])
+    with torch.no_grad():
+        got = torch.compile(step, fullgraph=True)(*inputs)
+    assert_tight(got, step(*inputs))
+
+
+# --- agreement with diffusers' schedulers (the benchmark's coefficient helpers) ------------------------
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("scheduler", ["DDPM", "DDIM eta=0", "DDIM eta=0.7"])
+def test_coefficients_reproduce_diffusers(scheduler, clip):
+    diffusers = pytest.importorskip("diffusers")
+    from vdm_fast.bench.cases_reverse_step import ddim_step_coeffs, ddpm_step_coeffs
+
+    shape = (4, 3, 8, 8)
+    z, eps = torch.randn(shape), torch.randn(shape)
+    if scheduler == "DDPM":
+        sched = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=clip)
+        steps = [(t, t - 1) for t in (999, 500, 1, 0)]
+    else:
+        sched = diffusers.DDIMScheduler(num_train_timesteps=1000, clip_sample=clip)
+        sched.set_timesteps(50)
+        steps = [(t, t - 20) for t in (981, 481, 1)]
+    eta = 0.7 if scheduler.endswith("0.7") else 0.0
+    # diffusers forms 1 - alpha_bar in float32 (off by ~3e-4 relative at t = 1); with its table in
+    # float64 the comparison checks the formulas rather than that rounding. The data stay float32.
+    table32 = sched.alphas_cumprod
+    sched.alphas_cumprod = table32.double()
+    sched.one = torch.tensor(1.0, dtype=torch.float64)
+    sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+    for t, prev in steps:
+        tt = torch.full((shape[0],), t)
+        noise = torch.randn(shape)
+        if scheduler == "DDPM":
+            coeffs = ddpm_step_coeffs(table32, tt, torch.full_like(tt, prev))
+            want = sched.step(eps, t, z, generator=torch.Generator().manual_seed(t)).prev_sample
+            noise = torch.randn(shape, generator=torch.Generator().manual_seed(t))  # diffusers' draw
+        else:
+            coeffs = ddim_step_coeffs(table32, tt, torch.full_like(tt, prev), eta=eta)
+            want = sched.step(eps, t, z, eta=eta, variance_noise=noise).prev_sample
+        for backend in backends.available("cpu", "reverse_step"):
+            got = reverse_step(z, eps, coeffs, clip=1.0 if clip else None, noise=noise, backend=backend)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{backend} t={t}: {m}")
+
+
+# --- bad input: a clear error naming the argument -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case, exc, match",
+    [
+        ("model_out_shape", ValueError, "model_out"),
+        ("model_out_dtype", TypeError, "model_out"),
+        ("int_z", TypeError, "z"),
+        ("scalar_z", ValueError, "z"),
+        ("list_z", TypeError, "z"),
+        ("coeffs_shape", ValueError, "coeffs"),
+        ("coeffs_int", TypeError, "coeffs"),
+        ("coeffs_len", TypeError, "coeffs"),
+        ("coeffs_row_length", ValueError, "coeffs.c_x"),
+        ("coeffs_device", ValueError, "coeffs"),
+        ("uncond_alone", ValueError, "uncond"),
+        ("guidance_scale_alone", ValueError, "guidance_scale"),
+        ("guidance_scale_length", ValueError, "guidance_scale"),
+        ("uncond_shape", ValueError, "uncond"),
+        ("classifier_grad_alone", ValueError, "classifier_grad"),
+        ("grad_scale_alone", ValueError, "grad_scale"),
+        ("grad_scale_bool", TypeError, "grad_scale"),
+        ("classifier_grad_dtype", TypeError, "classifier_grad"),
+        ("noise_shape", ValueError, "noise"),
+        ("noise_device", ValueError, "noise"),
+        ("clip_negative", ValueError, "clip"),
+        ("clip_bool", ValueError, "clip"),
+        ("clip_tensor", ValueError, "clip"),
+        ("generator", TypeError, "generator"),
+    ],
+)
+def test_bad_inputs_name_the_argument(case, exc, match):
+    (z, m, coeffs), kw = make_inputs((4, 3, 5), torch.float32, "cpu", cfg=False, cg=False)
+    args = dict(z=z, model_out=m, coeffs=coeffs, **kw)
+    meta = torch.device("meta")
+    args.update(
+        {
+            "model_out_shape": dict(model_out=torch.randn(4, 3, 6)),
+            "model_out_dtype": dict(model_out=m.double()),
+            "int_z": dict(z=torch.ones(4, 3, 5, dtype=torch.int64)),
+            "scalar_z": dict(z=torch.tensor(1.0), model_out=torch.tensor(1.0)),
+            "list_z": dict(z=[1.0, 2.0]),
+            "coeffs_shape": dict(coeffs=torch.rand(6, 3)),
+            "coeffs_int": dict(coeffs=torch.ones(6, 4, dtype=torch.int64)),
+            "coeffs_len": dict(coeffs=[1.0] * 5),
+            "coeffs_row_length": dict(coeffs=[1.0, 1.0, 1.0, 1.0, torch.rand(3), 1.0]),
+            "coeffs_device": dict(coeffs=coeffs.to(meta)),
+            "uncond_alone": dict(uncond=torch.randn(4, 3, 5)),
+            "guidance_scale_alone": dict(guidance_scale=2.0),
+            "guidance_scale_length": dict(uncond=torch.randn(4, 3, 5), guidance_scale=torch.rand(3)),
+            "uncond_shape": dict(uncond=torch.randn(4, 3), guidance_scale=2.0),
+            "classifier_grad_alone": dict(classifier_grad=torch.randn(4, 3, 5)),
+            "grad_scale_alone": dict(grad_scale=1.0),
+            "grad_scale_bool": dict(classifier_grad=torch.randn(4, 3, 5), grad_scale=True),
+            "classifier_grad_dtype": dict(classifier_grad=torch.randn(4, 3, 5, dtype=torch.float64), grad_scale=1.0),
+            "noise_shape": dict(noise=torch.randn(4, 3, 6)),
+            "noise_device": dict(noise=kw["noise"].to(meta)),
+            "clip_negative": dict(clip=-1.0),
+            "clip_bool": dict(clip=True),
+            "clip_tensor": dict(clip=torch.tensor(1.0)),
+            "generator": dict(noise=None, generator=0),
+        }[case]
+    )
+    z, m, coeffs = args.pop("z"), args.pop("model_out"), args.pop("coeffs")
+    with pytest.raises(exc, match=match):
+        reverse_step(z, m, coeffs, **args)
+
+
+def test_native_op_checks_name_the_argument():
+    if not _library.has_native_kernel("reverse_step", "CPU"):
+        pytest.skip("native CPU kernel not built")
+    op = torch.ops.vdm_fast.reverse_step.default
+    z, m = torch.randn(4, 3), torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="coeffs must have shape"):
+        op(z, m, torch.rand(6, 3))
+    with pytest.raises(RuntimeError, match="coeffs must be Float"):
+        op(z, m, torch.rand(6, 4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="guidance_scale go together"):
+        op(z, m, torch.rand(6, 4), torch.randn(4, 3))
+    with pytest.raises(RuntimeError, match="noise must have the shape"):
+        op(z, m, torch.rand(6, 4), noise=torch.randn(4, 2))
+    with pytest.raises(RuntimeError, match="clip must be positive"):
+        op(z, m, torch.rand(6, 4), clip=0.0)
+
+
+def test_public_function_is_exported():
+    assert vdm_fast.reverse_step is reverse_step and vdm_fast.ops.reverse_step is reverse_step
+
+
+
+# --- the Triton kernel compiles for a GPU, even here -----------------------------------------------
+
+
+_COMPILE_SCRIPT = """
+import sys
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+from vdm_fast.kernels.reverse_step import _reverse_step_kernel
+
+for data, flags in [("*fp32", (1, 1, 1, 1)), ("*fp16", (0, 0, 0, 0)), ("*fp64", (0, 0, 1, 1)), ("*bf16", (1, 0, 1, 0))]:
+    acc = "*fp64" if data == "*fp64" else "*fp32"
+    sig = {"out_ptr": data, "z_ptr": data, "m_ptr": data, "u_ptr": data, "g_ptr": data, "n_ptr": data,
+           "coeff_ptr": acc, "w_ptr": acc, "gs_ptr": acc, "clip": "fp64", "B": "i64", "D": "i64", "chunks": "i64",
+           "CFG": "constexpr", "CG": "constexpr", "CLIP": "constexpr", "NOISE": "constexpr", "BLOCK": "constexpr"}
+    consts = dict(zip(("CFG", "CG", "CLIP", "NOISE"), map(bool, flags)), BLOCK=1024)
+    try:
+        kernel = compile(ASTSource(_reverse_step_kernel, sig, consts), target=GPUTarget("cuda", 90, 32))
+    except RuntimeError as exc:
+        if "ptxas" in str(exc):
+            print("NO-PTXAS", exc)
+            sys.exit(0)
+        raise
+    assert ".entry" in kernel.asm["ptx"], data
+print("OK")
+"""
+
+
+def test_triton_kernel_compiles_for_sm90():
+    """The interpreter runs the kernel's Python, not Triton's compiler: compile it for an H100 (no
+    GPU needed) in a process without TRITON_INTERPRET, so errors of the compiled path show up in
+    CPU-only CI too (the clip scalar as fp64, as torch.compile passes it)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    if res.stdout.startswith("NO-PTXAS"):
+        pytest.skip(res.stdout)
+    assert res.stdout.strip().endswith("OK"), res.stdout
