@@ -28,7 +28,7 @@ def _prior_kl_kernel(gx_ptr, x_ptr, k_ptr, partial_ptr, D, ACC: tl.constexpr, WA
     acc = tl.zeros([BLOCK], dtype=ACC)
     if WANT_GX:
         k = tl.load(k_ptr + b).to(ACC)
-    for j in range(0, CHUNK, BLOCK):
+    for j in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):  # this chunk's length: no idle steps
         local = c * CHUNK + j + tl.arange(0, BLOCK).to(tl.int64)
         mask = local < D
         offs = b * D + local

@@ -60,7 +60,7 @@ def _sq_error_kernel(p_ptr, x_ptr, n_ptr, a_ptr, s_ptr, partial_ptr, D, TARGET: 
     a = tl.load(a_ptr + b)
     s = tl.load(s_ptr + b)
     acc = tl.zeros([BLOCK], dtype=a.dtype)
-    for k in range(0, CHUNK, BLOCK):
+    for k in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):  # this chunk's length: no idle steps
         local = c * CHUNK + k + tl.arange(0, BLOCK).to(tl.int64)
         mask = local < D
         r, x, n = _residual(p_ptr, x_ptr, n_ptr, b * D + local, mask, a, s, TARGET, USES_X, USES_N)
@@ -71,8 +71,9 @@ def _sq_error_kernel(p_ptr, x_ptr, n_ptr, a_ptr, s_ptr, partial_ptr, D, TARGET: 
 @triton.jit
 def _sq_error_backward_kernel(
     gp_ptr, gx_ptr, gn_ptr, u_ptr, p_ptr, x_ptr, n_ptr, a_ptr, s_ptr, partial_ptr, D,
-    TARGET: tl.constexpr, USES_X: tl.constexpr, USES_N: tl.constexpr, WANT_GP: tl.constexpr, WANT_GX: tl.constexpr, WANT_GN: tl.constexpr,
-    WANT_SUMS: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    TARGET: tl.constexpr, USES_X: tl.constexpr, USES_N: tl.constexpr,
+    WANT_GP: tl.constexpr, WANT_GX: tl.constexpr, WANT_GN: tl.constexpr, WANT_SUMS: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1).to(tl.int64)
@@ -81,7 +82,7 @@ def _sq_error_backward_kernel(
     k = 2.0 * tl.load(u_ptr + b)  # d(r^2)/dr times the upstream grad
     srx = tl.zeros([BLOCK], dtype=a.dtype)
     srn = tl.zeros([BLOCK], dtype=a.dtype)
-    for j in range(0, CHUNK, BLOCK):
+    for j in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):  # this chunk's length: no idle steps
         local = c * CHUNK + j + tl.arange(0, BLOCK).to(tl.int64)
         mask = local < D
         offs = b * D + local
@@ -161,8 +162,8 @@ def sq_error_backward(
         n = in_layout_of(noise, layout) if uses_n else p
         wrap_triton(_sq_error_backward_kernel)[(B, chunks)](
             gp if want_gp else layout, gx if want_gx else layout, gn if want_gn else layout, grad, p, x, n,
-            alpha, sigma, partial, D, TARGET=tid, USES_X=uses_x, USES_N=uses_n, WANT_GP=want_gp, WANT_GX=want_gx, WANT_GN=want_gn,
-            WANT_SUMS=want_sums, CHUNK=REDUCE_CHUNK, BLOCK=BLOCK,
+            alpha, sigma, partial, D, TARGET=tid, USES_X=uses_x, USES_N=uses_n,
+            WANT_GP=want_gp, WANT_GX=want_gx, WANT_GN=want_gn, WANT_SUMS=want_sums, CHUNK=REDUCE_CHUNK, BLOCK=BLOCK,
         )
     # d/dtheta sum(r^2) = -2 sum(r * dtarget/dtheta): v: dt/da = noise, dt/ds = -x0; score: dt/ds = noise/s^2.
     k = -2.0 * grad.double()
