@@ -25,7 +25,8 @@ TENSORS_READ = {"eps": 2, "x0": 2, "v": 3, "score": 2}
 
 def _ours(device: str) -> list[str]:
     # The Triton interpreter is a correctness tool, not a benchmark.
-    return [b for b in backends.available(device, "sq_error") if b != "reference" and not (b == "triton" and device == "cpu")]
+    found = backends.available(device, "sq_error")
+    return [b for b in found if b != "reference" and not (b == "triton" and device == "cpu")]
 
 
 def _inputs(shape, device):
