@@ -1,0 +1,121 @@
+// prior_kl on the CPU: L_prior[b] = a^2/2 * sum_i x_i^2 + D/2 (s^2 - 1 - log s^2), and its fused
+// backward. The data pass is the per-sample sum of squares; the rest is per-sample arithmetic.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "common.h"
+#include "cpu/per_sample.h"
+
+namespace vdm_fast {
+namespace cpu {
+namespace {
+
+// Sub-segment length for the sums: a float accumulator stays accurate; partials combine in double.
+constexpr int64_t kBlock = 1024;
+
+template <typename scalar_t, typename acc_t>
+VDM_FAST_CPU_CLONES acc_t sum_squares_block(const scalar_t* __restrict x, int64_t len) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < len; ++i) {
+    const acc_t xi = static_cast<acc_t>(x[i]);
+    sum += xi * xi;
+  }
+  return sum;
+}
+
+// gx = k * x (k = grad * a^2), and the block's sum of squares when wanted.
+template <typename scalar_t, typename acc_t>
+VDM_FAST_CPU_CLONES acc_t prior_kl_backward_block(scalar_t* __restrict gx, const scalar_t* __restrict x, acc_t k,
+                                                  bool want_sum, int64_t len) {
+  if (gx) {
+    for (int64_t i = 0; i < len; ++i) gx[i] = static_cast<scalar_t>(k * static_cast<acc_t>(x[i]));
+  }
+  return want_sum ? sum_squares_block<scalar_t, acc_t>(x, len) : acc_t(0);
+}
+
+void check_inputs(const char* op, const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma) {
+  check_data(op, "x0", x0);
+  const auto cdt = compute_dtype(x0.scalar_type());
+  check_coeff(op, "alpha_1", alpha, x0.size(0), cdt, x0.device());
+  check_coeff(op, "sigma_1", sigma, x0.size(0), cdt, x0.device());
+}
+
+at::Tensor prior_kl_cpu(const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma) {
+  constexpr const char* op = "vdm_fast::prior_kl";
+  check_inputs(op, x0, alpha, sigma);
+  const int64_t B = x0.size(0), D = per_sample_numel(x0);
+  at::Tensor out = at::empty({B}, alpha.options());
+  if (B == 0) return out;
+  const at::Tensor x = in_layout_of(x0, empty_out_like(x0));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "prior_kl_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const std::vector<double> sums = reduce_per_sample<1>(B, D, [&](int64_t, int64_t begin, int64_t end, double* o) {
+      for (int64_t i = begin; i < end; i += kBlock) o[0] += sum_squares_block<scalar_t, acc>(xp + i, std::min(kBlock, end - i));
+    });
+    const acc* ap = alpha.const_data_ptr<acc>();
+    const acc* sp = sigma.const_data_ptr<acc>();
+    acc* outp = out.mutable_data_ptr<acc>();
+    for (int64_t b = 0; b < B; ++b) {
+      const acc a2 = ap[b] * ap[b], s2 = sp[b] * sp[b];
+      outp[b] = acc(0.5) * a2 * static_cast<acc>(sums[b]) +
+                acc(0.5) * static_cast<acc>(D) * (s2 - acc(1) - std::log(s2));
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> prior_kl_backward_cpu(const at::Tensor& grad, const at::Tensor& x0,
+                                                                     const at::Tensor& alpha, const at::Tensor& sigma,
+                                                                     std::array<bool, 3> output_mask) {
+  constexpr const char* op = "vdm_fast::prior_kl_backward";
+  check_inputs(op, x0, alpha, sigma);
+  const int64_t B = x0.size(0), D = per_sample_numel(x0);
+  check_coeff(op, "grad", grad, B, compute_dtype(x0.scalar_type()), x0.device());
+  const bool want_gx = output_mask[0], want_sums = output_mask[1];
+  at::Tensor gx = want_gx ? new_output_like(x0) : at::empty({0}, x0.options());
+  at::Tensor ga = output_mask[1] ? at::empty({B}, alpha.options()) : at::empty({0}, alpha.options());
+  at::Tensor gs = output_mask[2] ? at::empty({B}, sigma.options()) : at::empty({0}, sigma.options());
+  if (B == 0) return {gx, ga, gs};
+
+  const at::Tensor layout = want_gx ? gx : empty_out_like(x0);
+  const at::Tensor x = (want_gx || want_sums) ? in_layout_of(x0, layout) : x0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "prior_kl_backward_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* gxp = want_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr;
+    const acc* ap = alpha.const_data_ptr<acc>();
+    const acc* sp = sigma.const_data_ptr<acc>();
+    const acc* up = grad.const_data_ptr<acc>();
+    std::vector<double> sums;
+    if (want_gx || want_sums) {
+      sums = reduce_per_sample<1>(B, D, [&](int64_t b, int64_t begin, int64_t end, double* o) {
+        const acc k = up[b] * ap[b] * ap[b];
+        for (int64_t i = begin; i < end; i += kBlock) {
+          o[0] += prior_kl_backward_block<scalar_t, acc>(gxp ? gxp + i : nullptr, xp + i, k, want_sums,
+                                                         std::min(kBlock, end - i));
+        }
+      });
+    }
+    acc* gap = output_mask[1] ? ga.mutable_data_ptr<acc>() : nullptr;
+    acc* gsp = output_mask[2] ? gs.mutable_data_ptr<acc>() : nullptr;
+    for (int64_t b = 0; b < B; ++b) {
+      if (gap) gap[b] = up[b] * ap[b] * static_cast<acc>(sums[b]);
+      if (gsp) gsp[b] = up[b] * static_cast<acc>(D) * (sp[b] - acc(1) / sp[b]);
+    }
+  });
+  return {gx, ga, gs};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace vdm_fast
+
+TORCH_LIBRARY_IMPL(vdm_fast, CPU, m) {
+  m.impl("prior_kl", &vdm_fast::cpu::prior_kl_cpu);
+  m.impl("prior_kl_backward", &vdm_fast::cpu::prior_kl_backward_cpu);
+}

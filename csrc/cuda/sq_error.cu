@@ -1,0 +1,256 @@
+// sq_error on CUDA: out[b] = sum_i (pred - target)^2 over sample b, and its fused backward.
+// The target (csrc/targets.h) is a template parameter, so a tensor it does not use is never read.
+// Per-sample reductions: one block per (sample b, chunk c), flattened into grid.x = B * chunks (no
+// 65535 limit on B), each writing double partials that a second small kernel sums per sample in
+// a fixed order. 16-byte vector loads when every pointer is aligned and D is a multiple of the
+// vector width (then a vector never straddles two samples). Launched on the current stream.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "common.h"
+#include "cuda/per_sample.cuh"
+#include "targets.h"
+
+namespace vdm_fast {
+namespace cuda {
+namespace {
+
+template <int T, typename scalar_t, typename acc_t, int VEC>
+__global__ void sq_error_kernel(const scalar_t* __restrict__ p, const scalar_t* __restrict__ x,
+                                const scalar_t* __restrict__ n, const acc_t* __restrict__ alpha,
+                                const acc_t* __restrict__ sigma, int64_t D, int64_t chunks,
+                                double* __restrict__ partial) {
+  using V = Vec<scalar_t, VEC>;
+  __shared__ acc_t shared[kThreads / 32];
+  const int64_t b = blockIdx.x / chunks, c = blockIdx.x % chunks;
+  const int64_t begin = b * D + c * kReduceChunk;
+  const int64_t end = b * D + min(D, (c + 1) * kReduceChunk);
+  const TargetCoeffs<acc_t> tc = target_coeffs<T, acc_t>(alpha[b], sigma[b]);
+  acc_t sum = 0;
+  for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * VEC; i < end; i += static_cast<int64_t>(blockDim.x) * VEC) {
+    const V pv = *reinterpret_cast<const V*>(p + i);
+    V xv{}, nv{};
+    if constexpr (target_uses_x0<T>()) xv = *reinterpret_cast<const V*>(x + i);
+    if constexpr (target_uses_noise<T>()) nv = *reinterpret_cast<const V*>(n + i);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const acc_t r = static_cast<acc_t>(pv.v[k]) - target_value<T, acc_t>(static_cast<acc_t>(xv.v[k]),
+                                                                           static_cast<acc_t>(nv.v[k]), tc.tx, tc.tn);
+      sum += r * r;
+    }
+  }
+  sum = block_sum(sum, shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = static_cast<double>(sum);
+}
+
+// out[b] = sum over chunks of partial[b, c], in chunk order.
+template <typename acc_t>
+__global__ void sum_chunks_kernel(acc_t* __restrict__ out, const double* __restrict__ partial, int64_t B,
+                                  int64_t chunks) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  double s = 0;
+  for (int64_t c = 0; c < chunks; ++c) s += partial[b * chunks + c];
+  out[b] = static_cast<acc_t>(s);
+}
+
+// Writes gp = kp*r, gx = kx*r, gn = kn*r (each when its pointer is non-null; k* per sample) and,
+// when want_sums, the block's partial sums of r*x0 and r*noise to partial[(b*chunks + c)*2 + 0:2].
+template <int T, typename scalar_t, typename acc_t, int VEC>
+__global__ void sq_error_backward_kernel(scalar_t* __restrict__ gp, scalar_t* __restrict__ gx,
+                                         scalar_t* __restrict__ gn, const acc_t* __restrict__ up,
+                                         const scalar_t* __restrict__ p, const scalar_t* __restrict__ x,
+                                         const scalar_t* __restrict__ n, const acc_t* __restrict__ alpha,
+                                         const acc_t* __restrict__ sigma, int64_t D, int64_t chunks, bool want_sums,
+                                         double* __restrict__ partial) {
+  using V = Vec<scalar_t, VEC>;
+  __shared__ acc_t shared[kThreads / 32];
+  const int64_t b = blockIdx.x / chunks, c = blockIdx.x % chunks;
+  const int64_t begin = b * D + c * kReduceChunk;
+  const int64_t end = b * D + min(D, (c + 1) * kReduceChunk);
+  const TargetCoeffs<acc_t> tc = target_coeffs<T, acc_t>(alpha[b], sigma[b]);
+  const acc_t kp = acc_t(2) * up[b], kx = -kp * tc.tx, kn = -kp * tc.tn;
+  acc_t srx = 0, srn = 0;
+  for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * VEC; i < end; i += static_cast<int64_t>(blockDim.x) * VEC) {
+    const V pv = *reinterpret_cast<const V*>(p + i);
+    V xv{}, nv{}, op, ox, on;
+    if constexpr (target_uses_x0<T>()) xv = *reinterpret_cast<const V*>(x + i);
+    if constexpr (target_uses_noise<T>()) nv = *reinterpret_cast<const V*>(n + i);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const acc_t xk = static_cast<acc_t>(xv.v[k]), nk = static_cast<acc_t>(nv.v[k]);
+      const acc_t r = static_cast<acc_t>(pv.v[k]) - target_value<T, acc_t>(xk, nk, tc.tx, tc.tn);
+      op.v[k] = static_cast<scalar_t>(kp * r);
+      ox.v[k] = static_cast<scalar_t>(kx * r);
+      on.v[k] = static_cast<scalar_t>(kn * r);
+      srx += r * xk;
+      srn += r * nk;
+    }
+    if (gp) *reinterpret_cast<V*>(gp + i) = op;
+    if (gx) *reinterpret_cast<V*>(gx + i) = ox;
+    if (gn) *reinterpret_cast<V*>(gn + i) = on;
+  }
+  if (!want_sums) return;
+  srx = block_sum(srx, shared);
+  srn = block_sum(srn, shared);
+  if (threadIdx.x == 0) {
+    partial[blockIdx.x * 2] = static_cast<double>(srx);
+    partial[blockIdx.x * 2 + 1] = static_cast<double>(srn);
+  }
+}
+
+// ga, gs (either may be null) from the partial sums: d/dtheta sum(r^2) = -2 sum(r * dtarget/dtheta).
+template <int T, typename acc_t>
+__global__ void sq_error_param_grads_kernel(acc_t* __restrict__ ga, acc_t* __restrict__ gs,
+                                            const double* __restrict__ partial, const acc_t* __restrict__ up,
+                                            const acc_t* __restrict__ alpha, const acc_t* __restrict__ sigma,
+                                            int64_t B, int64_t chunks) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  double srx = 0, srn = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    srx += partial[(b * chunks + c) * 2];
+    srn += partial[(b * chunks + c) * 2 + 1];
+  }
+  const TargetCoeffs<acc_t> tc = target_coeffs<T, acc_t>(alpha[b], sigma[b]);
+  const double k = -2.0 * static_cast<double>(up[b]);
+  if (ga) ga[b] = static_cast<acc_t>(k * (tc.dtx_da * srx + tc.dtn_da * srn));
+  if (gs) gs[b] = static_cast<acc_t>(k * (tc.dtx_ds * srx + tc.dtn_ds * srn));
+}
+
+unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
+
+void check_inputs(const char* op, const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& noise,
+                  const at::Tensor& alpha, const at::Tensor& sigma) {
+  check_data(op, "pred", pred);
+  check_same_data(op, "x0", x0, pred, "pred");
+  check_same_data(op, "noise", noise, pred, "pred");
+  const int64_t B = pred.size(0);
+  const auto cdt = compute_dtype(pred.scalar_type());
+  check_coeff(op, "alpha", alpha, B, cdt, pred.device());
+  check_coeff(op, "sigma", sigma, B, cdt, pred.device());
+}
+
+at::Tensor sq_error_cuda(const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& noise,
+                         const at::Tensor& alpha, const at::Tensor& sigma, c10::string_view target_name) {
+  constexpr const char* op = "vdm_fast::sq_error";
+  const Target target = parse_target(op, target_name);
+  check_inputs(op, pred, x0, noise, alpha, sigma);
+  const int64_t B = pred.size(0), D = per_sample_numel(pred);
+  const c10::cuda::CUDAGuard guard(pred.device());
+  at::Tensor out = at::zeros({B}, alpha.options());
+  if (pred.numel() == 0) return out;
+  const bool uses_x = target == kX0 || target == kV, uses_n = target != kX0;  // never copy what is not read
+  const at::Tensor layout = empty_out_like(pred);
+  const at::Tensor p = in_layout_of(pred, layout);
+  const at::Tensor x = uses_x ? in_layout_of(x0, layout) : p, n = uses_n ? in_layout_of(noise, layout) : p;
+  const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
+  TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
+  at::Tensor partial = at::empty({B, chunks}, pred.options().dtype(at::kDouble));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "sq_error_cuda", [&] {
+    using acc = acc_t<scalar_t>;
+    constexpr int W = vec_width<scalar_t>();
+    const scalar_t* pp = p.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* np = n.const_data_ptr<scalar_t>();
+    const bool vec = D % W == 0 && aligned16(pp) && aligned16(xp) && aligned16(np);
+    dispatch_target(target, [&](auto tag) {
+      constexpr int T = decltype(tag)::value;
+      const auto grid = static_cast<unsigned int>(B * chunks);
+      if (vec) {
+        sq_error_kernel<T, scalar_t, acc, W><<<grid, kThreads, 0, stream>>>(
+            pp, xp, np, alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), D, chunks,
+            partial.mutable_data_ptr<double>());
+      } else {
+        sq_error_kernel<T, scalar_t, acc, 1><<<grid, kThreads, 0, stream>>>(
+            pp, xp, np, alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), D, chunks,
+            partial.mutable_data_ptr<double>());
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    sum_chunks_kernel<acc><<<blocks_for(B), kThreads, 0, stream>>>(out.mutable_data_ptr<acc>(),
+                                                                  partial.const_data_ptr<double>(), B, chunks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sq_error_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& noise,
+    const at::Tensor& alpha, const at::Tensor& sigma, c10::string_view target_name, std::array<bool, 5> output_mask) {
+  constexpr const char* op = "vdm_fast::sq_error_backward";
+  const Target target = parse_target(op, target_name);
+  check_inputs(op, pred, x0, noise, alpha, sigma);
+  const int64_t B = pred.size(0), D = per_sample_numel(pred);
+  check_coeff(op, "grad", grad, B, compute_dtype(pred.scalar_type()), pred.device());
+  const c10::cuda::CUDAGuard guard(pred.device());
+
+  // Gradients that are structurally zero for this target are zeros, and the kernel skips them.
+  const bool uses_x = target == kX0 || target == kV, uses_n = target != kX0;
+  const bool param_target = target == kV || target == kScore;  // depends on alpha / sigma
+  const bool want_gp = output_mask[0], want_gx = output_mask[1] && uses_x, want_gn = output_mask[2] && uses_n;
+  const bool want_sums = (output_mask[3] || output_mask[4]) && param_target;
+  const auto data_grad = [&](bool wanted, bool computed) {
+    if (!wanted) return at::empty({0}, pred.options());
+    return computed ? empty_out_like(pred) : empty_out_like(pred).zero_();  // one layout for all
+  };
+  at::Tensor gp = data_grad(output_mask[0], true);
+  at::Tensor gx = data_grad(output_mask[1], want_gx);
+  at::Tensor gn = data_grad(output_mask[2], want_gn);
+  at::Tensor ga = output_mask[3] ? at::zeros({B}, alpha.options()) : at::empty({0}, alpha.options());
+  at::Tensor gs = output_mask[4] ? at::zeros({B}, sigma.options()) : at::empty({0}, sigma.options());
+  if (pred.numel() == 0 || !(want_gp || want_gx || want_gn || want_sums)) return {gp, gx, gn, ga, gs};
+
+  const at::Tensor layout = want_gp ? gp : (want_gx ? gx : (want_gn ? gn : empty_out_like(pred)));
+  const at::Tensor p = in_layout_of(pred, layout);
+  const at::Tensor x = uses_x ? in_layout_of(x0, layout) : p, n = uses_n ? in_layout_of(noise, layout) : p;
+  const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
+  TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
+  at::Tensor partial = at::empty({B, chunks, 2}, pred.options().dtype(at::kDouble));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "sq_error_backward_cuda", [&] {
+    using acc = acc_t<scalar_t>;
+    constexpr int W = vec_width<scalar_t>();
+    const scalar_t* pp = p.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* np = n.const_data_ptr<scalar_t>();
+    scalar_t* gpp = want_gp ? gp.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gxp = want_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gnp = want_gn ? gn.mutable_data_ptr<scalar_t>() : nullptr;
+    const bool vec = D % W == 0 && aligned16(pp) && aligned16(xp) && aligned16(np) && (!gpp || aligned16(gpp)) &&
+                     (!gxp || aligned16(gxp)) && (!gnp || aligned16(gnp));
+    const acc* up = grad.const_data_ptr<acc>();
+    const acc* ap = alpha.const_data_ptr<acc>();
+    const acc* sp = sigma.const_data_ptr<acc>();
+    dispatch_target(target, [&](auto tag) {
+      constexpr int T = decltype(tag)::value;
+      const auto grid = static_cast<unsigned int>(B * chunks);
+      if (vec) {
+        sq_error_backward_kernel<T, scalar_t, acc, W><<<grid, kThreads, 0, stream>>>(
+            gpp, gxp, gnp, up, pp, xp, np, ap, sp, D, chunks, want_sums, partial.mutable_data_ptr<double>());
+      } else {
+        sq_error_backward_kernel<T, scalar_t, acc, 1><<<grid, kThreads, 0, stream>>>(
+            gpp, gxp, gnp, up, pp, xp, np, ap, sp, D, chunks, want_sums, partial.mutable_data_ptr<double>());
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (want_sums) {
+        sq_error_param_grads_kernel<T, acc><<<blocks_for(B), kThreads, 0, stream>>>(
+            output_mask[3] ? ga.mutable_data_ptr<acc>() : nullptr, output_mask[4] ? gs.mutable_data_ptr<acc>() : nullptr,
+            partial.const_data_ptr<double>(), up, ap, sp, B, chunks);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  });
+  return {gp, gx, gn, ga, gs};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace vdm_fast
+
+TORCH_LIBRARY_IMPL(vdm_fast, CUDA, m) {
+  m.impl("sq_error", &vdm_fast::cuda::sq_error_cuda);
+  m.impl("sq_error_backward", &vdm_fast::cuda::sq_error_backward_cuda);
+}

@@ -1,0 +1,285 @@
+"""prior_kl (DESIGN.md §3, §4.4): every backend equals the reference, forward and backward."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import vdm_fast
+from vdm_fast import reference
+from helpers import LOW_PRECISION, assert_tight, assert_within_2x_of_torch, backend_params
+
+BACKENDS = backend_params("prior_kl")
+SHAPES = [(1, 3), (7, 13), (5, 3, 11, 7), (2, 3, 5, 7, 3), (3, 1, 1, 1), (4, 2053), (2, 40000)]
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+ARG_NAMES = ("x0", "alpha_1", "sigma_1")
+
+
+def make_inputs(shape, dtype, device, requires_grad=False):
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    x0 = torch.randn(shape, device=device).to(dtype).requires_grad_(requires_grad)
+    alpha = (0.05 + 0.3 * torch.rand(shape[0], device=device, dtype=cdt)).requires_grad_(requires_grad)
+    # sigma_1 away from 1: near 1, s^2 - 1 - log s^2 and s - 1/s cancel and a float32 reference is
+    # no oracle (test_sigma_near_one compares with a float64 truth there).
+    sigma = (0.2 + 0.5 * torch.rand(shape[0], device=device, dtype=cdt)).requires_grad_(requires_grad)
+    return x0, alpha, sigma
+
+
+def grads(fn, inputs, upstream):
+    out = fn(*inputs)
+    wanted = [t for t in inputs if t.requires_grad]
+    return out, torch.autograd.grad(out, wanted, upstream)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_forward_backward_match_reference(backend, shape, dtype):
+    name, device = backend
+    inputs = make_inputs(shape, dtype, device, requires_grad=True)
+    upstream = 0.5 + torch.rand(shape[0], device=device, dtype=inputs[1].dtype)  # non-unit upstream gradient
+    out, got = grads(lambda *a: vdm_fast.prior_kl(*a, backend=name), inputs, upstream)
+    ref, want = grads(reference.prior_kl, inputs, upstream)
+    assert out.dtype == inputs[1].dtype and out.shape == (shape[0],)
+    assert_tight(out, ref, msg="prior_kl")
+    for label, g, w in zip(ARG_NAMES, got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape, label
+        assert_tight(g, w, msg=f"grad {label}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wanted", ARG_NAMES)
+def test_single_input_requiring_grad(backend, wanted):
+    name, device = backend
+    inputs = list(make_inputs((3, 4, 5), torch.float32, device))
+    i = ARG_NAMES.index(wanted)
+    inputs[i].requires_grad_()
+    upstream = 0.5 + torch.rand(3, device=device)
+    (g,) = torch.autograd.grad(vdm_fast.prior_kl(*inputs, backend=name), inputs[i], upstream)
+    (w,) = torch.autograd.grad(reference.prior_kl(*inputs), inputs[i], upstream)
+    assert_tight(g, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_low_precision_within_2x_of_pytorch(backend, dtype):
+    name, device = backend
+    shape = (6, 3, 17, 9)
+    inputs = make_inputs(shape, dtype, device, requires_grad=True)
+    upstream = 0.5 + torch.rand(shape[0], device=device)
+    out, got = grads(lambda *a: vdm_fast.prior_kl(*a, backend=name), inputs, upstream)
+    assert out.dtype == torch.float32
+
+    d = [t.detach().double().requires_grad_() for t in inputs]
+    truth, truth_grads = grads(reference.prior_kl, d, upstream.double())
+
+    def native(x, a, s):  # the formula as PyTorch computes it eagerly in the low dtype
+        a2, s2 = (a ** 2).view(-1, 1, 1, 1), (s ** 2).view(-1, 1, 1, 1)
+        return 0.5 * (a2 * x ** 2 + s2 - 1 - torch.log(s2)).flatten(1).sum(1)
+
+    n = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    nat, nat_grads = grads(native, n, upstream.to(dtype))
+    assert_within_2x_of_torch(out, nat, truth, "prior_kl")
+    for label, ours, theirs, t in zip(ARG_NAMES, got, nat_grads, truth_grads):
+        assert_within_2x_of_torch(ours, theirs, t, f"grad {label}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    name, device = backend
+    inputs = make_inputs((0, 3, 4, 4), torch.float32, device, requires_grad=True)
+    out = vdm_fast.prior_kl(*inputs, backend=name)
+    assert out.shape == (0,)
+    out.sum().backward()
+    assert inputs[0].grad.shape == (0, 3, 4, 4) and inputs[2].grad.shape == (0,)
+
+
+def _layouts(device):
+    base = torch.randn(4, 6, 10, 8, device=device)
+    return {
+        "transposed": base.transpose(2, 3),
+        "batch_not_outermost": torch.randn(6, 4, 10, 8, device=device).transpose(0, 1),
+        "sliced": base[:, :, 1:9:2, ::3],
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "expanded": torch.randn(4, 6, 1, 8, device=device).expand(4, 6, 10, 8),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["transposed", "batch_not_outermost", "sliced", "channels_last", "expanded"])
+def test_noncontiguous_inputs(backend, layout):
+    name, device = backend
+    x0 = _layouts(device)[layout].requires_grad_()
+    _, alpha, sigma = make_inputs(x0.shape, torch.float32, device, requires_grad=True)
+    upstream = 0.5 + torch.rand(x0.shape[0], device=device)
+    out, got = grads(lambda *a: vdm_fast.prior_kl(*a, backend=name), (x0, alpha, sigma), upstream)
+    ref, want = grads(reference.prior_kl, (x0, alpha, sigma), upstream)
+    assert_tight(out, ref)
+    for g, w in zip(got, want):
+        assert_tight(g, w)
+    if layout == "channels_last":
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("form", ["float", "0-d", "(B,)", "(B,1,1,1)", "float64"])
+def test_coefficient_forms(backend, form):
+    name, device = backend
+    x0, _, _ = make_inputs((3, 2, 5, 5), torch.float32, device)
+    a, s = 0.3, 0.9
+    coeff = {
+        "float": lambda v: v,
+        "0-d": lambda v: torch.tensor(v, device=device),
+        "(B,)": lambda v: torch.full((3,), v, device=device),
+        "(B,1,1,1)": lambda v: torch.full((3, 1, 1, 1), v, device=device),
+        "float64": lambda v: torch.full((3,), v, device=device, dtype=torch.float64),
+    }[form]
+    out = vdm_fast.prior_kl(x0, coeff(a), coeff(s), backend=name)
+    s2 = torch.tensor(s * s)
+    want = 0.5 * (a * a * x0 ** 2 + s2 - 1 - torch.log(s2)).flatten(1).sum(1)
+    assert_tight(out, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigma_near_one(backend):
+    # The VDM regime (sigma_1 ~ 1): the terms cancel, so compare with a float64 truth, to within
+    # float32 resolution of the terms' magnitude (which bounds any float32 evaluation's error).
+    name, device = backend
+    x0, alpha, _ = make_inputs((5, 3, 7, 7), torch.float32, device, requires_grad=True)
+    sigma = (1 - 1e-3 * torch.rand(5, device=device)).requires_grad_()
+    upstream = 0.5 + torch.rand(5, device=device)
+    out, got = grads(lambda *a: vdm_fast.prior_kl(*a, backend=name), (x0, alpha, sigma), upstream)
+    d = [t.detach().double().requires_grad_() for t in (x0, alpha, sigma)]
+    truth, want = grads(reference.prior_kl, d, upstream.double())
+    D, s, eps = 3 * 7 * 7, sigma.detach().double(), torch.finfo(torch.float32).eps
+    a2_sum_sq = alpha.detach().double() ** 2 * x0.detach().double().pow(2).flatten(1).sum(1)
+    out_scale = 0.5 * (a2_sum_sq + D * (s**2 + 1 + (s**2).log().abs()))
+    assert ((out.double() - truth).abs() <= 8 * eps * out_scale).all()
+    assert_tight(got[0], want[0].float())
+    assert_tight(got[1], want[1].float())
+    gs_scale = upstream.double() * D * (s + 1 / s)
+    assert ((got[2].double() - want[2]).abs() <= 8 * eps * gs_scale).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_known_value(backend):
+    # KL(N(a x, s^2) || N(0, 1)) per element, summed: a = 0 and s = 1 give exactly 0.
+    name, device = backend
+    x0 = torch.randn(3, 5, device=device)
+    assert torch.equal(vdm_fast.prior_kl(x0, 0.0, 1.0, backend=name), torch.zeros(3, device=device))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inputs_not_modified(backend):
+    name, device = backend
+    inputs = make_inputs((3, 4, 5), torch.float32, device, requires_grad=True)
+    before = [t.detach().clone() for t in inputs]
+    vdm_fast.prior_kl(*inputs, backend=name).sum().backward()
+    for b, t in zip(before, inputs):
+        assert torch.equal(b, t.detach())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_autograd_node_without_grad(backend):
+    name, device = backend
+    out = vdm_fast.prior_kl(*make_inputs((3, 4), torch.float32, device), backend=name)
+    assert out.grad_fn is None and not out.requires_grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_fp64(backend):
+    name, device = backend
+    inputs = make_inputs((3, 2, 5), torch.float64, device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: vdm_fast.prior_kl(*a, backend=name), inputs)
+
+
+def test_opcheck_native():
+    if not vdm_fast._library.has_native_kernel("prior_kl", "CPU"):
+        pytest.skip("native CPU kernel not built")
+    for shape in [(3, 4, 5), (1, 7), (0, 2)]:
+        x0, alpha, sigma = make_inputs(shape, torch.float32, "cpu", requires_grad=True)
+        torch.library.opcheck(torch.ops.vdm_fast.prior_kl.default, (x0, alpha, sigma))
+        args = (torch.rand(shape[0]), x0.detach(), alpha.detach(), sigma.detach())
+        torch.library.opcheck(torch.ops.vdm_fast.prior_kl_backward.default, (*args, [True, True, True]))
+        torch.library.opcheck(torch.ops.vdm_fast.prior_kl_backward.default, (*args, [False, True, False]))
+    cl = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.vdm_fast.prior_kl.default, (cl, torch.rand(2), torch.rand(2) + 0.5))
+
+
+def test_opcheck_triton():
+    from vdm_fast import backends
+
+    if backends.unavailable_reason("triton", "cpu", "prior_kl") and not torch.cuda.is_available():
+        pytest.skip(backends.unavailable_reason("triton", "cpu", "prior_kl"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    if device == "cuda":
+        utils = utils + ("test_aot_dispatch_dynamic",)
+    inputs = make_inputs((3, 4, 5), torch.float32, device, requires_grad=True)
+    torch.library.opcheck(torch.ops.vdm_fast.prior_kl_triton.default, inputs, test_utils=utils)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph(backend):
+    name, device = backend
+    if name == "triton" and INTERPRETED:
+        pytest.skip("torch.compile traces into triton_op kernels, which the Triton interpreter cannot run on fake "
+                    "tensors; this runs on a GPU")
+    torch._dynamo.reset()
+
+    def loss(x0, alpha, sigma):
+        return (vdm_fast.prior_kl(x0, alpha, sigma, backend=name) * sigma).mean()
+
+    inputs = make_inputs((4, 3, 8, 8), torch.float32, device, requires_grad=True)
+    compiled = torch.compile(loss, fullgraph=True)
+    got_loss = compiled(*inputs)
+    got = torch.autograd.grad(got_loss, inputs)
+    want_loss = loss(*inputs)
+    want = torch.autograd.grad(want_loss, inputs)
+    assert_tight(got_loss, want_loss)
+    for g, w in zip(got, want):
+        assert_tight(g, w)
+
+
+@pytest.mark.parametrize(
+    "case, exc, match",
+    [
+        ("alpha_length", ValueError, "alpha_1"),
+        ("sigma_shape", ValueError, "sigma_1"),
+        ("int_x0", TypeError, "x0"),
+        ("int_alpha", TypeError, "alpha_1"),
+        ("bool_sigma", TypeError, "sigma_1"),
+        ("mixed_device_alpha", ValueError, "alpha_1"),
+        ("scalar_x0", ValueError, "x0"),
+        ("list_x0", TypeError, "x0"),
+    ],
+)
+def test_bad_inputs_name_the_argument(case, exc, match):
+    x0, alpha, sigma = make_inputs((4, 3, 5), torch.float32, "cpu")
+    args = dict(x0=x0, alpha_1=alpha, sigma_1=sigma)
+    args.update(
+        {
+            "alpha_length": dict(alpha_1=torch.rand(3)),
+            "sigma_shape": dict(sigma_1=torch.rand(4, 3)),
+            "int_x0": dict(x0=torch.ones(4, 3, 5, dtype=torch.int64)),
+            "int_alpha": dict(alpha_1=torch.ones(4, dtype=torch.int32)),
+            "bool_sigma": dict(sigma_1=True),
+            "mixed_device_alpha": dict(alpha_1=alpha.to("meta")),
+            "scalar_x0": dict(x0=torch.tensor(1.0)),
+            "list_x0": dict(x0=[1.0, 2.0]),
+        }[case]
+    )
+    with pytest.raises(exc, match=match):
+        vdm_fast.prior_kl(**args)
+
+
+def test_native_op_checks_coefficients():
+    if not vdm_fast._library.has_native_kernel("prior_kl", "CPU"):
+        pytest.skip("native CPU kernel not built")
+    x0, alpha, sigma = make_inputs((2, 3), torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match="sigma_1"):
+        torch.ops.vdm_fast.prior_kl(x0, alpha, sigma[:1])
+    with pytest.raises(RuntimeError, match="grad"):
+        torch.ops.vdm_fast.prior_kl_backward(torch.ones(2, dtype=torch.float64), x0, alpha, sigma, [True] * 3)
