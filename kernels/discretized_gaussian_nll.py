@@ -52,11 +52,13 @@ def _log_ndtr(x, CF_START: tl.constexpr, CF_TERMS: tl.constexpr):
 @triton.jit
 def _approx_cdf(u, k):
     # improved-diffusion's 0.5 (1 + tanh(k (u + 0.044715 u^3))) and its derivative.
-    w = k * (u + 0.044715 * (u * u * u))
+    # tanh from float64, rounded once (see csrc/discretized_gaussian_math.h: the tails cancel).
+    w = (k * (u + 0.044715 * (u * u * u))).to(tl.float64)
     e = tl.exp(-2.0 * tl.abs(w))
     th = (1.0 - e) / (1.0 + e)
-    th = tl.where(w < 0, -th, th)
-    return 0.5 * (1.0 + th), 0.5 * (1.0 - th * th) * k * (1.0 + 3.0 * 0.044715 * (u * u))
+    th = tl.where(w < 0, -th, th).to(u.dtype)
+    # 1 - th^2 as (1 - th)(1 + th), exact factors in the tails (see the C++ header).
+    return 0.5 * (1.0 + th), 0.5 * ((1.0 - th) * (1.0 + th)) * k * (1.0 + 3.0 * 0.044715 * (u * u))
 
 
 @triton.jit

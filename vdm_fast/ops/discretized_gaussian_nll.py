@@ -32,15 +32,17 @@ def _fake_backward(grad, x0, mean, log_scale, cdf, output_mask):
 
 def _attach_autograd(forward_op, backward_op) -> None:
     def setup_context(ctx, inputs, output):
-        x0, mean, log_scale, cdf = inputs
-        ctx.cdf = cdf
+        x0, mean, log_scale = inputs[:3]
+        ctx.cdf = inputs[3] if len(inputs) > 3 else "erf"
         ctx.save_for_backward(x0, mean, log_scale)
 
     def backward(ctx, grad):
         x0, mean, log_scale = ctx.saved_tensors
-        _, need_mean, need_ls, _ = ctx.needs_input_grad
+        # needs_input_grad has one entry per input the op was called with (cdf may be absent).
+        need_mean, need_ls = ctx.needs_input_grad[1:3]
         gm, gl = backward_op(grad.contiguous(), x0, mean, log_scale, ctx.cdf, [need_mean, need_ls])
-        return None, gm if need_mean else None, gl if need_ls else None, None
+        out = [None, gm if need_mean else None, gl if need_ls else None]
+        return tuple(out + [None] * (len(ctx.needs_input_grad) - 3))
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 

@@ -34,16 +34,18 @@ def _fake_backward(grad, x0, z0, alpha, sigma, decoder, output_mask):
 
 def _attach_autograd(forward_op, backward_op) -> None:
     def setup_context(ctx, inputs, output):
-        x0, z0, alpha, sigma, decoder = inputs
-        ctx.decoder = decoder
+        x0, z0, alpha, sigma = inputs[:4]
+        ctx.decoder = inputs[4] if len(inputs) > 4 else "categorical"
         ctx.save_for_backward(x0, z0, alpha, sigma)
 
     def backward(ctx, grad):
         x0, z0, alpha, sigma = ctx.saved_tensors
-        _, need_z0, need_alpha, need_sigma, _ = ctx.needs_input_grad
+        # needs_input_grad has one entry per input the op was called with (the decoder may be absent).
+        need_z0, need_alpha, need_sigma = ctx.needs_input_grad[1:4]
         gz, ga, gs = backward_op(grad.contiguous(), x0, z0, alpha, sigma, ctx.decoder,
                                  [need_z0, need_alpha, need_sigma])
-        return None, gz if need_z0 else None, ga if need_alpha else None, gs if need_sigma else None, None
+        out = [None, gz if need_z0 else None, ga if need_alpha else None, gs if need_sigma else None]
+        return tuple(out + [None] * (len(ctx.needs_input_grad) - 4))
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
