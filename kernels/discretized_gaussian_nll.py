@@ -102,7 +102,8 @@ def _dgauss_kernel(x_ptr, m_ptr, l_ptr, partial_ptr, D, TANH: tl.constexpr, FP64
     c = tl.program_id(1).to(tl.int64)
     cdt = tl.float64 if FP64 else tl.float32
     total = tl.zeros([BLOCK], dtype=cdt)
-    for k0 in range(0, CHUNK, BLOCK):
+    # Only the part of the chunk inside the sample: the last chunk is often short.
+    for k0 in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):
         local = c * CHUNK + k0 + tl.arange(0, BLOCK).to(tl.int64)
         mask = local < D
         offs = b * D + local

@@ -81,7 +81,8 @@ def _recon_nll_kernel(x_ptr, z_ptr, a_ptr, s_ptr, partial_ptr, D, TAIL: tl.const
     s = tl.load(s_ptr + b)
     L = _window_bins(a, s, TAIL)
     total = tl.zeros([BLOCK], dtype=a.dtype)
-    for k0 in range(0, CHUNK, BLOCK):
+    # Only the part of the chunk inside the sample: the last chunk is often short.
+    for k0 in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):
         local = c * CHUNK + k0 + tl.arange(0, BLOCK).to(tl.int64)
         mask = local < D
         offs = b * D + local
@@ -104,7 +105,8 @@ def _recon_nll_backward_kernel(gz_ptr, g_ptr, x_ptr, z_ptr, a_ptr, s_ptr, partia
     r = a / s
     sa = tl.zeros([BLOCK], dtype=a.dtype)
     ss = tl.zeros([BLOCK], dtype=a.dtype)
-    for k0 in range(0, CHUNK, BLOCK):
+    # Only the part of the chunk inside the sample: the last chunk is often short.
+    for k0 in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):
         local = c * CHUNK + k0 + tl.arange(0, BLOCK).to(tl.int64)
         mask = local < D
         offs = b * D + local

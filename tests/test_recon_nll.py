@@ -82,7 +82,10 @@ def double_reference(x0, z0, alpha, sigma):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_forward_backward_match_reference(backend, shape, dtype):
     name, device = backend
-    inputs = make_inputs(shape, dtype, device, requires_grad=True)
+    # The Triton interpreter runs the bin loop in Python: keep its windows short (the all-bins path
+    # is covered by the gradcheck and extreme-sigma tests).
+    sigma_range = (1e-3, 0.01) if name == "triton" and INTERPRETED else (1e-3, 0.5)
+    inputs = make_inputs(shape, dtype, device, requires_grad=True, sigma_range=sigma_range)
     upstream = 0.5 + torch.rand(shape[0], device=device, dtype=inputs[2].dtype)  # non-unit, per sample
     out, got = grads(lambda *a: vdm_fast.recon_nll(*a, backend=name), inputs, upstream)
     ref, want = grads(reference.recon_nll, inputs, upstream)
