@@ -71,7 +71,10 @@ def _element(x, m, ls, TANH: tl.constexpr, GRAD: tl.constexpr, CF_START: tl.cons
     left = x < -0.999
     right = x > 0.999
     if TANH:
-        k = tl.sqrt_rn(tl.zeros_like(x) + 0.6366197723675814)  # sqrt(2/pi) in the compute dtype
+        if x.dtype == tl.float64:  # sqrt(2/pi) in the compute dtype, correctly rounded
+            k = tl.sqrt(tl.zeros_like(x) + 0.6366197723675814)
+        else:
+            k = tl.sqrt_rn(tl.zeros_like(x) + 0.6366197723675814)
         cp, pp = _approx_cdf(plus, k)
         cm, pm = _approx_cdf(minus, k)
         p = tl.where(left, cp, tl.where(right, 1.0 - cm, cp - cm))
@@ -86,9 +89,9 @@ def _element(x, m, ls, TANH: tl.constexpr, GRAD: tl.constexpr, CF_START: tl.cons
         la = _log_ndtr(tl.where(left, plus, tl.where(right, -minus, hi)), CF_START, CF_TERMS)
         lb = _log_ndtr(lo, CF_START, CF_TERMS)
         lp = tl.where(left | right, la, la + _log1p(-tl.exp(lb - la)))
-        c = 0.3989422804014327  # 1/sqrt(2 pi)
-        dplus = tl.where(x <= 0.999, c * tl.exp(-(lp + plus * plus / 2.0)), 0.0)
-        dminus = tl.where(x >= -0.999, -c * tl.exp(-(lp + minus * minus / 2.0)), 0.0)
+        # 1/sqrt(2 pi) written inline: a float bound to a name becomes a float32 constant.
+        dplus = tl.where(x <= 0.999, 0.3989422804014327 * tl.exp(-(lp + plus * plus / 2.0)), 0.0)
+        dminus = tl.where(x >= -0.999, -0.3989422804014327 * tl.exp(-(lp + minus * minus / 2.0)), 0.0)
     dmean = -inv * (dplus + dminus)
     dls = -(plus * dplus + minus * dminus)
     return lp, dmean, dls
