@@ -55,7 +55,8 @@ def _approx_cdf(u, k):
     # tanh from float64, rounded once (see csrc/discretized_gaussian_math.h: the tails cancel).
     w = (k * (u + 0.044715 * (u * u * u))).to(tl.float64)
     e = tl.exp(-2.0 * tl.abs(w))
-    th = (1.0 - e) / (1.0 + e)
+    # Near |tanh| = 1, 1 - 2e/(1 + e) rounds once (as a libm tanh does); the tails cancel on it.
+    th = tl.where(e < 0.5, 1.0 - 2.0 * e / (1.0 + e), (1.0 - e) / (1.0 + e))
     th = tl.where(w < 0, -th, th).to(u.dtype)
     # 1 - th^2 as (1 - th)(1 + th), exact factors in the tails (see the C++ header).
     return 0.5 * (1.0 + th), 0.5 * ((1.0 - th) * (1.0 + th)) * k * (1.0 + 3.0 * 0.044715 * (u * u))
@@ -72,7 +73,7 @@ def _element(x, m, ls, TANH: tl.constexpr, GRAD: tl.constexpr, CF_START: tl.cons
     right = x > 0.999
     if TANH:
         if x.dtype == tl.float64:  # sqrt(2/pi) in the compute dtype, correctly rounded
-            k = tl.sqrt(tl.zeros_like(x) + 0.6366197723675814)
+            k = tl.zeros_like(x) + 0.7978845608028654  # sqrt(2/pi) rounded to float64
         else:
             k = tl.sqrt_rn(tl.zeros_like(x) + 0.6366197723675814)
         cp, pp = _approx_cdf(plus, k)
