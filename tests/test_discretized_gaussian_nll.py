@@ -1,0 +1,275 @@
+"""discretized_gaussian_nll (DESIGN.md §3, §4.5): every backend equals the reference, forward
+and backward, for both CDFs ("erf" exact in log space, "tanh" improved-diffusion's with clamps)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import vdm_fast
+from vdm_fast import reference
+from helpers import LOW_PRECISION, assert_tight, assert_within_2x_of_torch, backend_params
+
+BACKENDS = backend_params("discretized_gaussian_nll")
+SHAPES = [(1, 3), (7, 13), (5, 3, 11, 7), (2, 3, 5, 7, 3), (3, 1, 1, 1), (4, 2053)]
+CDFS = ["erf", "tanh"]
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def ddpm_grid(shape, device):
+    """x0 on the DDPM grid k/127.5 - 1 (both edge bins included)."""
+    return torch.randint(0, 256, shape, device=device).double() / 127.5 - 1
+
+
+def make_inputs(shape, dtype, device, requires_grad=False, log_scale_range=(-7.0, -0.5), spread=0.05):
+    x0 = ddpm_grid(shape, device)
+    mean = x0 + spread * torch.randn(shape, device=device, dtype=torch.float64)
+    lo, hi = log_scale_range
+    log_scale = lo + (hi - lo) * torch.rand(shape, device=device, dtype=torch.float64)
+    return (x0.to(dtype), mean.to(dtype).requires_grad_(requires_grad),
+            log_scale.to(dtype).requires_grad_(requires_grad))
+
+
+def assert_matches(ours, ref, truth, msg=""):
+    """float64: tight against the reference. float32: tight against the reference, or, where the
+    reference's own float32 rounding is the larger error (the tanh form subtracts two CDFs; one
+    ulp of tanh differs between libms), within 2x of that error against the float64 truth."""
+    try:
+        assert_tight(ours, ref, msg=msg)
+    except AssertionError:
+        if ref.dtype == torch.float64:
+            raise
+        # Normwise: these per-sample sums add terms that cancel (each up to ~1/sigma^2), so float32
+        # error scales with the largest entry, not each entry; 3e-5 of it is ~250 float32 ulps.
+        normwise = (ours.double() - truth).abs().max().item() <= 3e-5 * truth.abs().max().item()
+        if not normwise:
+            assert_within_2x_of_torch(ours, ref, truth, msg)
+
+
+def check_against_reference(name, cdf, inputs, upstream):
+    """Forward and backward of backend ``name`` against the reference (and its float64 truth)."""
+    def ours(x, m, s):
+        return vdm_fast.discretized_gaussian_nll(x, m, s, cdf, backend=name)
+
+    def ref_fn(x, m, s):
+        return reference.discretized_gaussian_nll(x, m, s, cdf)
+
+    out, got = grads(ours, inputs, upstream)
+    ref, want = grads(ref_fn, inputs, upstream)
+    d = [inputs[0].double()] + [t.detach().double().requires_grad_(t.requires_grad) for t in inputs[1:]]
+    truth, truth_grads = grads(ref_fn, d, upstream.double())
+    assert_matches(out, ref, truth, msg="nll")
+    for label, g, w, t in zip(("mean", "log_scale"), got, want, truth_grads):
+        if cdf == "tanh" and w.dtype == torch.float64:
+            # The tanh form's gradients are conditioned like 1/P in the tails (cdf = (1 + tanh)/2
+            # cancels): one ulp of tanh is ~1e-11 relative there, in any float64 evaluation.
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9, msg=lambda m: f"grad {label}: {m}")
+        else:
+            assert_matches(g, w, t, msg=f"grad {label}")
+    return out, got
+
+
+def grads(fn, inputs, upstream):
+    out = fn(*inputs)
+    diff = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    return out, torch.autograd.grad(out, diff, upstream)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cdf", CDFS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_forward_backward_match_reference(backend, cdf, shape, dtype):
+    name, device = backend
+    x0, mean, log_scale = make_inputs(shape, dtype, device, requires_grad=True)
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    upstream = 0.5 + torch.rand(shape[0], device=device, dtype=cdt)
+    out, _ = check_against_reference(name, cdf, (x0, mean, log_scale), upstream)
+    assert out.dtype == cdt and out.shape == (shape[0],)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cdf", CDFS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_low_precision_within_2x_of_pytorch(backend, cdf, dtype):
+    name, device = backend
+    shape = (4, 3, 9, 7)
+    x0, mean, log_scale = make_inputs(shape, dtype, device, requires_grad=True, log_scale_range=(-4.0, -1.0))
+    upstream = 0.5 + torch.rand(shape[0], device=device)
+    out, got = check_against_reference(name, cdf, (x0, mean, log_scale), upstream)
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in got)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tanh_clamps_pass_no_gradient(backend):
+    """Where improved-diffusion's 1e-12 clamp bites, log P = log(1e-12) and the gradient is 0."""
+    name, device = backend
+    x0 = torch.tensor([[-1.0, 0.0, 1.0, 0.5]], device=device)
+    mean = torch.tensor([[0.9, 0.9, -0.9, 0.5]], device=device, requires_grad=True)
+    log_scale = torch.tensor([[-5.0, -5.0, -5.0, -5.0]], device=device, requires_grad=True)
+    out = vdm_fast.discretized_gaussian_nll(x0, mean, log_scale, "tanh", backend=name)
+    out.sum().backward()
+    torch.testing.assert_close(out, reference.discretized_gaussian_nll(x0, mean.detach(), log_scale.detach(), "tanh"))
+    assert torch.equal(mean.grad[0, :3], torch.zeros(3, device=device)) and mean.grad[0, 3] == 0  # at the mode
+    assert torch.equal(log_scale.grad[0, :3], torch.zeros(3, device=device)) and log_scale.grad[0, 3] != 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    name, device = backend
+    x0, mean, log_scale = make_inputs((0, 3, 4, 4), torch.float32, device, requires_grad=True)
+    out = vdm_fast.discretized_gaussian_nll(x0, mean, log_scale, backend=name)
+    assert out.shape == (0,)
+    out.sum().backward()
+    assert mean.grad.shape == (0, 3, 4, 4) and log_scale.grad.shape == (0, 3, 4, 4)
+
+
+def _layouts(device):
+    base = ddpm_grid((4, 6, 10, 8), device).float()
+    return {
+        "transposed": base.transpose(2, 3),
+        "batch_not_outermost": ddpm_grid((6, 4, 10, 8), device).float().transpose(0, 1),
+        "sliced": base[:, :, 1:9:2, ::3],
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "expanded": ddpm_grid((4, 6, 1, 8), device).float().expand(4, 6, 10, 8),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["transposed", "batch_not_outermost", "sliced", "channels_last", "expanded"])
+def test_noncontiguous_inputs(backend, layout):
+    name, device = backend
+    x0 = _layouts(device)[layout]
+    mean = (x0 + 0.05 * torch.randn(x0.shape, device=device)).requires_grad_()  # contiguous: mixed layouts
+    log_scale = (-3 + torch.rand(x0.shape, device=device)).transpose(0, 1).contiguous().transpose(0, 1)
+    log_scale.requires_grad_()
+    upstream = 0.5 + torch.rand(x0.shape[0], device=device)
+    _, got = check_against_reference(name, "erf", (x0, mean, log_scale), upstream)
+    if layout == "channels_last":
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cdf", CDFS)
+def test_inputs_not_modified(backend, cdf):
+    name, device = backend
+    inputs = make_inputs((3, 4, 5), torch.float32, device, requires_grad=True)
+    before = [t.detach().clone() for t in inputs]
+    vdm_fast.discretized_gaussian_nll(*inputs, cdf, backend=name).sum().backward()
+    for b, t in zip(before, inputs):
+        assert torch.equal(b, t.detach())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cdf", CDFS)
+def test_gradcheck_fp64(backend, cdf):
+    name, device = backend
+    x0, mean, log_scale = make_inputs((3, 2, 5), torch.float64, device, requires_grad=True,
+                                      log_scale_range=(-4.0, -1.0))
+    assert torch.autograd.gradcheck(lambda m, s: vdm_fast.discretized_gaussian_nll(x0, m, s, cdf, backend=name),
+                                    (mean, log_scale))
+
+
+def test_x0_gets_no_gradient():
+    x0, mean, log_scale = make_inputs((2, 3), torch.float32, "cpu", requires_grad=True)
+    x0.requires_grad_()
+    vdm_fast.discretized_gaussian_nll(x0, mean, log_scale).sum().backward()
+    assert x0.grad is None and mean.grad is not None
+
+
+def test_opcheck_native():
+    if not vdm_fast._library.has_native_kernel("discretized_gaussian_nll", "CPU"):
+        pytest.skip("native CPU kernel not built")
+    for shape in [(3, 4, 5), (1, 7), (0, 2)]:
+        for cdf in CDFS:
+            x0, mean, log_scale = make_inputs(shape, torch.float32, "cpu", requires_grad=True)
+            torch.library.opcheck(torch.ops.vdm_fast.discretized_gaussian_nll.default, (x0, mean, log_scale, cdf))
+            torch.library.opcheck(torch.ops.vdm_fast.discretized_gaussian_nll_backward.default,
+                                  (torch.rand(shape[0]), x0, mean.detach(), log_scale.detach(), cdf, [True, True]))
+    x_cl = ddpm_grid((2, 3, 4, 5), "cpu").float().contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.vdm_fast.discretized_gaussian_nll_backward.default,
+                          (torch.rand(2), x_cl, x_cl + 0.01, torch.full_like(x_cl, -3.0), "erf", [False, True]))
+
+
+def test_opcheck_triton():
+    from vdm_fast import backends
+
+    op = "discretized_gaussian_nll"
+    if backends.unavailable_reason("triton", "cpu", op) and not torch.cuda.is_available():
+        pytest.skip(backends.unavailable_reason("triton", "cpu", op))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    if device == "cuda":
+        utils = utils + ("test_aot_dispatch_dynamic",)
+    x0, mean, log_scale = make_inputs((3, 4, 5), torch.float32, device, requires_grad=True)
+    torch.library.opcheck(torch.ops.vdm_fast.discretized_gaussian_nll_triton.default, (x0, mean, log_scale, "erf"),
+                          test_utils=utils)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph(backend):
+    name, device = backend
+    if name == "triton" and INTERPRETED:
+        pytest.skip("torch.compile traces into triton_op kernels, which the Triton interpreter cannot run on fake "
+                    "tensors; this runs on a GPU")
+    torch._dynamo.reset()
+
+    def loss(x0, mean, log_scale):
+        return (vdm_fast.discretized_gaussian_nll(x0, mean, log_scale, "tanh", backend=name) ** 2).sum()
+
+    x0, *diff = make_inputs((4, 3, 8, 8), torch.float32, device, requires_grad=True)
+    compiled = torch.compile(loss, fullgraph=True)
+    got_loss = compiled(x0, *diff)
+    got = torch.autograd.grad(got_loss, diff)
+    want_loss = loss(x0, *diff)
+    want = torch.autograd.grad(want_loss, diff)
+    assert_tight(got_loss, want_loss)
+    for g, w in zip(got, want):
+        assert_tight(g, w)
+
+
+# --- bad input: a clear error naming the argument ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case, exc, match",
+    [
+        ("mean_shape", ValueError, "mean"),
+        ("log_scale_shape", ValueError, "log_scale"),
+        ("int_x0", TypeError, "x0"),
+        ("mean_dtype", TypeError, "mean"),
+        ("log_scale_dtype", TypeError, "log_scale"),
+        ("mixed_device_mean", ValueError, "mean"),
+        ("scalar_x0", ValueError, "x0"),
+        ("list_x0", TypeError, "x0"),
+        ("unknown_cdf", ValueError, "cdf"),
+    ],
+)
+def test_bad_inputs_name_the_argument(case, exc, match):
+    x0, mean, log_scale = make_inputs((4, 3, 5), torch.float32, "cpu")
+    args = dict(x0=x0, mean=mean, log_scale=log_scale)
+    args.update(
+        {
+            "mean_shape": dict(mean=torch.randn(4, 3, 6)),
+            "log_scale_shape": dict(log_scale=torch.randn(4, 3)),
+            "int_x0": dict(x0=torch.ones(4, 3, 5, dtype=torch.int64)),
+            "mean_dtype": dict(mean=mean.double()),
+            "log_scale_dtype": dict(log_scale=log_scale.half()),
+            "mixed_device_mean": dict(mean=mean.to("meta")),
+            "scalar_x0": dict(x0=torch.tensor(1.0), mean=torch.tensor(1.0), log_scale=torch.tensor(1.0)),
+            "list_x0": dict(x0=[1.0, 2.0]),
+            "unknown_cdf": dict(cdf="logistic"),
+        }[case]
+    )
+    with pytest.raises(exc, match=match):
+        vdm_fast.discretized_gaussian_nll(**args)
+
+
+def test_native_op_rejects_unknown_cdf():
+    if not vdm_fast._library.has_native_kernel("discretized_gaussian_nll", "CPU"):
+        pytest.skip("native CPU kernel not built")
+    x0, mean, log_scale = make_inputs((2, 3), torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match="cdf"):
+        torch.ops.vdm_fast.discretized_gaussian_nll(x0, mean, log_scale, "logistic")
