@@ -16,6 +16,7 @@
 // csrc/cpu/noise.h (vectorised CPU tiles) / csrc/cuda/noise.cuh (CUDA).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)

@@ -2,8 +2,9 @@
 // the ops randn_like and philox_bits.
 //
 // Vectorisation: a tile of blocks is generated structure-of-arrays (one array per counter word,
-// one lane per block), which GCC vectorises (32x32->64 multiplies as vpmuludq), then turned into
-// normals in a second loop; both are VDM_FAST_CPU_CLONES (baseline / AVX2 / AVX-512).
+// one lane per block) — AVX2 intrinsics when the CPU has AVX2 (checked at run time), else a loop
+// GCC vectorises — then turned into normals by a second loop, VDM_FAST_CPU_CLONES (baseline /
+// AVX2 / AVX-512, chosen at load time). No -march=native anywhere.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -18,14 +19,19 @@
 #include "noise_args.h"
 #include "philox.h"
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(VDM_FAST_NO_CLONES)
+#include <immintrin.h>
+#define VDM_FAST_PHILOX_AVX2 1  // an AVX2 Philox, chosen at run time (__builtin_cpu_supports)
+#endif
+
 namespace vdm_fast {
 namespace cpu {
 namespace {
 
 constexpr int64_t kTileBlocks = kNoiseTile / 4;
 
-// w0..w3[k] = words of block first_block + k, k < n (n <= kTileBlocks).
-VDM_FAST_CPU_CLONES void words_soa(uint64_t seed, uint64_t offset, uint64_t first_block, int64_t n,
+// w0..w3[k] = words of block first_block + k, k < n (n <= kTileBlocks). Portable version.
+VDM_FAST_CPU_CLONES void words_soa_generic(uint64_t seed, uint64_t offset, uint64_t first_block, int64_t n,
                                    uint32_t* __restrict w0, uint32_t* __restrict w1, uint32_t* __restrict w2,
                                    uint32_t* __restrict w3) {
   const uint32_t o0 = philox::lo32(offset), o1 = philox::hi32(offset);
@@ -40,7 +46,71 @@ VDM_FAST_CPU_CLONES void words_soa(uint64_t seed, uint64_t offset, uint64_t firs
   }
 }
 
-// out[4k .. 4k+4) = normals of the words of block k.
+#if defined(VDM_FAST_PHILOX_AVX2)
+// (hi, lo) halves of the 32x32->64 products a * m, 8 lanes: vpmuludq on the even lanes and on the
+// odd lanes shifted down, then the halves blended back into place.
+__attribute__((target("avx2"))) inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, m);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+// words_soa_generic with AVX2 intrinsics, 8 blocks at a time: GCC's own vectorisation of the
+// widening multiplies costs about twice as many instructions.
+__attribute__((target("avx2"))) void words_soa_avx2(uint64_t seed, uint64_t offset, uint64_t first_block,
+                                                    int64_t n, uint32_t* __restrict w0, uint32_t* __restrict w1,
+                                                    uint32_t* __restrict w2, uint32_t* __restrict w3) {
+  __m256i key0[philox::kRounds], key1[philox::kRounds];
+  uint32_t k0 = philox::lo32(seed), k1 = philox::hi32(seed);
+  for (int r = 0; r < philox::kRounds; ++r, k0 += philox::kWeyl0, k1 += philox::kWeyl1) {
+    key0[r] = _mm256_set1_epi32(static_cast<int>(k0));
+    key1[r] = _mm256_set1_epi32(static_cast<int>(k1));
+  }
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(philox::kMul0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(philox::kMul1));
+  const __m256i o0 = _mm256_set1_epi32(static_cast<int>(philox::lo32(offset)));
+  const __m256i o1 = _mm256_set1_epi32(static_cast<int>(philox::hi32(offset)));
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    alignas(32) uint32_t lo[8], hi[8];
+    for (int j = 0; j < 8; ++j) {
+      const uint64_t block = first_block + static_cast<uint64_t>(k + j);
+      lo[j] = philox::lo32(block);
+      hi[j] = philox::hi32(block);
+    }
+    __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
+    __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
+    __m256i c2 = o0, c3 = o1;
+    for (int r = 0; r < philox::kRounds; ++r) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo8(c0, m0, hi0, lo0);
+      mulhilo8(c2, m1, hi1, lo1);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), key0[r]);
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), key1[r]);
+      c1 = lo1;
+      c3 = lo0;
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w0 + k), c0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w1 + k), c1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w2 + k), c2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w3 + k), c3);
+  }
+  if (k < n) words_soa_generic(seed, offset, first_block + static_cast<uint64_t>(k), n - k, w0 + k, w1 + k, w2 + k, w3 + k);
+}
+#endif
+
+void words_soa(uint64_t seed, uint64_t offset, uint64_t first_block, int64_t n, uint32_t* w0, uint32_t* w1,
+               uint32_t* w2, uint32_t* w3) {
+#if defined(VDM_FAST_PHILOX_AVX2)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) return words_soa_avx2(seed, offset, first_block, n, w0, w1, w2, w3);
+#endif
+  words_soa_generic(seed, offset, first_block, n, w0, w1, w2, w3);
+}
+
+// out[4k .. 4k+4) = normals of the words of block k. Vectorises thanks to -fno-math-errno
+// (setup.py): otherwise sqrtf keeps a scalar errno branch.
 VDM_FAST_CPU_CLONES void normals_from_words(const uint32_t* __restrict w0, const uint32_t* __restrict w1,
                                             const uint32_t* __restrict w2, const uint32_t* __restrict w3,
                                             int64_t n, float* __restrict out) {
