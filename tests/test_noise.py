@@ -205,12 +205,13 @@ def test_normals_exact_mapping_of_elements():
 
 @pytest.mark.skipif(not vdm_fast._library.has_native_kernel("randn_like", "CPU"), reason="not built")
 def test_cpu_normals_many_elements_and_thread_splits():
-    """2^21 + 3 elements: every tile / thread boundary, one partial block; 4 ulps at most."""
+    """2^21 + 3 elements: every tile / thread boundary, one partial block. Error bound: a few
+    ulps of the radius r <= 5.8 (the cos/sin factor is accurate to ~4 2^-24 absolute)."""
     n = (1 << 21) + 3
     got = normals(("cpu", "cpu"), (n,), seed=77)
-    want = reference.philox_normals(77, 0, n)
-    err = (got - want).abs() / want.abs().clamp(min=1.0)
-    assert err.max() < 4 * 2**-23, err.max()
+    want = reference.philox_normals(77, 0, n).double()
+    err = (got.double() - want).abs() / (1 + want.abs())
+    assert err.max() < 2e-6, err.max()
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
