@@ -11,7 +11,7 @@ import torch
 
 from . import _library, backends
 
-OPS = ("q_sample", "sq_error", "prior_kl", "recon_nll", "discretized_gaussian_nll", "reverse_step", "randn_like")
+OPS = ("q_sample", "sq_error", "prior_kl", "recon_nll", "discretized_gaussian_nll", "reverse_step", "randn_like", "q_sample_randn")
 
 
 def _version(pkg: str) -> str:

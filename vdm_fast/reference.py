@@ -171,3 +171,77 @@ def reverse_step(z, model_out, coeffs, uncond=None, guidance_scale=None, classif
     if noise is not None:
         out = out + c_n * noise.to(cdt)
     return out.to(z.dtype)
+
+
+# --- Philox noise (DESIGN.md §6) --------------------------------------------------------------------
+# The stream of csrc/philox.h in integer torch math: uint32 words held in int64 tensors and masked
+# to 32 bits, so that it is an oracle independent of the kernels' uint32 arithmetic. Normals are
+# the exact Box–Muller of the same uniforms, in float64, rounded to float32: the kernels (float32
+# polynomials) must agree with them to a few float32 ulps.
+
+_U32 = 0xFFFFFFFF
+PHILOX_MUL = (0xD2511F53, 0xCD9E8D57)
+PHILOX_WEYL = (0x9E3779B9, 0xBB67AE85)
+
+
+def _mulhilo32(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of a * m for uint32 a (int64 tensor) and m, without int64 overflow."""
+    p_hi, p_lo = (a >> 16) * m, (a & 0xFFFF) * m  # each < 2^48
+    lo = ((p_hi & 0xFFFF) << 16) + p_lo
+    return (p_hi >> 16) + (lo >> 32), lo & _U32
+
+
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 (Random123's philox4x32_R(10, ...)) on int64 tensors of uint32 values."""
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(c0, PHILOX_MUL[0])
+        hi1, lo1 = _mulhilo32(c2, PHILOX_MUL[1])
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + PHILOX_WEYL[0]) & _U32, (k1 + PHILOX_WEYL[1]) & _U32
+    return c0, c1, c2, c3
+
+
+def philox_words(seed: int, offset: int, first_block: int, n_blocks: int, device=None) -> torch.Tensor:
+    """The raw stream: (n_blocks, 4) int64 tensor of uint32 words of blocks first_block + k.
+
+    Block c of stream (seed, offset) is Philox4x32-10 of counter (lo(c), hi(c), lo(offset),
+    hi(offset)) under key (lo(seed), hi(seed)); seed, offset and c are taken mod 2^64.
+    """
+    seed, offset, first_block = seed % 2**64, offset % 2**64, first_block % 2**64
+    lo = (first_block & _U32) + torch.arange(n_blocks, dtype=torch.int64, device=device)
+    hi = ((first_block >> 32) + (lo >> 32)) & _U32
+    lo = lo & _U32
+    full = lambda v: torch.full_like(lo, v)  # noqa: E731
+    words = philox4x32_10(lo, hi, full(offset & _U32), full(offset >> 32), full(seed & _U32), full(seed >> 32))
+    return torch.stack(words, dim=1)
+
+
+def philox_normals(seed: int, offset: int, n: int, device=None) -> torch.Tensor:
+    """Float32 standard normals of elements 0..n-1 of stream (seed, offset)."""
+    words = philox_words(seed, offset, 0, (n + 3) // 4, device)
+    u = ((words >> 8) + 1).double() * 2.0**-24  # (0, 1], exact
+    r0, r1 = torch.sqrt(-2 * torch.log(u[:, 0])), torch.sqrt(-2 * torch.log(u[:, 2]))
+    t0, t1 = 2 * math.pi * u[:, 1], 2 * math.pi * u[:, 3]
+    normals = torch.stack([r0 * torch.cos(t0), r0 * torch.sin(t0), r1 * torch.cos(t1), r1 * torch.sin(t1)], dim=1)
+    return normals.reshape(-1)[:n].float()
+
+
+def _seed_int(seed: torch.Tensor) -> int:
+    return int(seed.reshape(()).item()) % 2**64
+
+
+def randn_like(x: torch.Tensor, seed: torch.Tensor, offset: int) -> torch.Tensor:
+    """Standard normal noise shaped like ``x`` (its dtype, drawn in float32): element i of the
+    output's memory (layout rule: x's strides when x is batch-major dense, else contiguous) is
+    element i of stream (seed, offset)."""
+    from ._layout import empty_out_like
+
+    out = empty_out_like(x)
+    flat = philox_normals(_seed_int(seed), offset, x.numel(), x.device).to(x.dtype)
+    return torch.as_strided(flat, out.shape, out.stride())
+
+
+def q_sample_randn(x0, alpha, sigma, seed, offset) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q_sample(x0, alpha, sigma, n), n) with n = randn_like(x0, seed, offset)."""
+    noise = randn_like(x0, seed, offset)
+    return q_sample(x0, alpha, sigma, noise), noise

@@ -1,0 +1,406 @@
+"""Philox noise (DESIGN.md §6): randn_like and the stream every backend shares.
+
+The uint32 stream is checked against Random123's published Philox4x32-10 known answers, and those
+against two implementations independent of ours (plain Python integers here, and Triton's own
+``tl.random.philox``); then every backend against the integer-math reference, bit for bit; the
+normals against the exact Box–Muller of the same uniforms; the statistics against N(0, 1).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+import vdm_fast
+from vdm_fast import backends, reference
+from vdm_fast.ops import noise as noise_mod
+from helpers import backend_params
+
+try:  # test kernels must live at module level: the interpreter resolves names in the module
+    import triton
+    import triton.language as tl
+
+    from vdm_fast.kernels import philox as tk
+except ImportError:
+    tk = None
+
+if tk is not None:
+
+    @triton.jit
+    def _tritons_own_philox_kernel(out, c0, c1, c2, c3, seed):
+        x0, x1, x2, x3 = tl.random.philox(seed, c0, c1, c2, c3)
+        tl.store(out + 0, x0.to(tl.int32, bitcast=True))
+        tl.store(out + 1, x1.to(tl.int32, bitcast=True))
+        tl.store(out + 2, x2.to(tl.int32, bitcast=True))
+        tl.store(out + 3, x3.to(tl.int32, bitcast=True))
+
+    @triton.jit
+    def _transcendentals_kernel(log_ptr, sin_ptr, cos_ptr, n, stride, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        k = tl.minimum(i * stride, n - 1)  # the last uniform, 1.0, always included
+        u = tk.uniform((k << 8).to(tl.uint32))
+        tl.store(log_ptr + i, tk.log_unit(u))
+        s, c = tk.sincos_turns(u)
+        tl.store(sin_ptr + i, s)
+        tl.store(cos_ptr + i, c)
+
+BACKENDS = backend_params("randn_like", include_reference=True)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+U32 = 0xFFFFFFFF
+
+# Random123 kat_vectors, philox4x32 10: (counter c0..c3, key k0 k1) -> 4 words.
+KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((U32, U32, U32, U32), (U32, U32), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+def philox_python(counter, key):
+    """Philox4x32-10 in arbitrary-precision Python integers: a second, independent oracle."""
+    c, k = list(counter), list(key)
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [(p1 >> 32) ^ c[1] ^ k[0], p1 & U32, (p0 >> 32) ^ c[3] ^ k[1], p0 & U32]
+        k = [(k[0] + 0x9E3779B9) & U32, (k[1] + 0xBB67AE85) & U32]
+    return tuple(c)
+
+
+def seed_tensor(seed: int, device="cpu") -> torch.Tensor:
+    seed %= 2**64
+    return torch.tensor(seed - 2**64 if seed >= 2**63 else seed, dtype=torch.int64, device=device)
+
+
+def as_u32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.int64) & U32
+
+
+def kat_args(counter, key):
+    """(seed, offset, first_block) of our stream that hold this Philox counter and key."""
+    return key[0] | key[1] << 32, counter[2] | counter[3] << 32, counter[0] | counter[1] << 32
+
+
+def _signed(v: int) -> int:
+    v %= 2**64
+    return v - 2**64 if v >= 2**63 else v
+
+
+def native_bits(seed, offset, first, n):
+    return as_u32(torch.ops.vdm_fast.philox_bits(seed_tensor(seed), _signed(offset), _signed(first), n))
+
+
+def triton_bits(seed, offset, first, n):
+    from vdm_fast.kernels import philox
+
+    return as_u32(philox.philox_bits(seed_tensor(seed), offset, first, n))
+
+
+def reference_bits(seed, offset, first, n):
+    return reference.philox_words(seed, offset, first, n).reshape(-1)
+
+
+def bit_sources():
+    params = [pytest.param(reference_bits, id="reference")]
+    native = vdm_fast._library.has_native_kernel("philox_bits", "CPU")
+    params.append(pytest.param(native_bits, id="cpu", marks=[] if native else [pytest.mark.skip("not built")]))
+    why = backends.unavailable_reason("triton", "cpu", "randn_like")
+    params.append(pytest.param(triton_bits, id="triton", marks=[pytest.mark.skip(why)] if why else []))
+    return params
+
+
+# --- the uint32 stream --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("counter, key, want", KAT)
+def test_python_oracle_matches_published_vectors(counter, key, want):
+    assert philox_python(counter, key) == want
+
+
+@pytest.mark.skipif(backends.triton_status() is not None, reason="triton unavailable")
+@pytest.mark.parametrize("counter, key, want", KAT)
+def test_tritons_own_philox_matches_published_vectors(counter, key, want):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = torch.zeros(4, dtype=torch.int32, device=device)
+    _tritons_own_philox_kernel[(1,)](out, *[v - 2**32 if v >= 2**31 else v for v in counter], key[0] | key[1] << 32)
+    assert tuple(as_u32(out).tolist()) == want
+
+
+@pytest.mark.parametrize("source", bit_sources())
+@pytest.mark.parametrize("counter, key, want", KAT)
+def test_stream_matches_published_vectors(source, counter, key, want):
+    seed, offset, first = kat_args(counter, key)
+    assert tuple(source(seed, offset, first, 1).tolist()) == want
+
+
+@pytest.mark.parametrize("source", bit_sources())
+@pytest.mark.parametrize(
+    "seed, offset, first, n",
+    [
+        (0, 0, 0, 1000),
+        (0x0123456789ABCDEF, 7, 2**32 - 300, 601),  # the block counter carries into its high word
+        (2**64 - 1, 2**63 + 5, 2**64 - 10, 20),     # and wraps mod 2^64
+        (987654321, 2**40 + 3, 12345, 257),
+    ],
+)
+def test_stream_bit_identical_to_python_oracle(source, seed, offset, first, n):
+    got = source(seed, offset, first, n).reshape(n, 4)
+    for k in list(range(0, n, max(1, n // 37))) + [n - 1]:
+        block = (first + k) % 2**64
+        counter = (block & U32, block >> 32, offset & U32, offset >> 32)
+        assert tuple(got[k].tolist()) == philox_python(counter, (seed & U32, seed >> 32)), f"block {k}"
+
+
+@pytest.mark.parametrize("source", bit_sources())
+def test_stream_bit_identical_across_backends(source):
+    g = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        seed, offset, first = (int(v) % 2**64 for v in torch.randint(-(2**63), 2**63 - 1, (3,), generator=g))
+        n = int(torch.randint(1, 700, (), generator=g))
+        assert torch.equal(source(seed, offset, first, n), reference_bits(seed, offset, first, n))
+
+
+def test_words_are_uniform_bits():
+    words = reference_bits(0xDEADBEEF, 0, 0, 1 << 16)
+    bits = torch.stack([(words >> k) & 1 for k in range(32)], 1).double()
+    # 2^18 words: each bit's mean is 1/2 within 5 standard errors (1/(2 sqrt(n))).
+    assert (bits.mean(0) - 0.5).abs().max() < 5 * 0.5 / math.sqrt(words.numel())
+
+
+# --- normals: mapping and accuracy ----------------------------------------------------------------
+
+
+def normals(backend, shape, seed, offset=0, dtype=torch.float32):
+    name, device = backend
+    x = torch.empty(shape, dtype=dtype, device=device)
+    return noise_mod.impls(name)(x, seed_tensor(seed, "cpu"), offset)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(1,), (3,), (7, 13), (5, 3, 11, 7), (2, 2053)], ids=str)
+def test_normals_match_exact_box_muller(backend, shape):
+    got = normals(backend, shape, seed=0x5EED, offset=3)
+    want = reference.philox_normals(0x5EED, 3, math.prod(shape)).reshape(shape)
+    assert got.dtype == torch.float32 and got.shape == shape
+    # Box–Muller in float32 polynomials: a few float32 ulps of the result's magnitude.
+    torch.testing.assert_close(got.cpu(), want, rtol=2e-6, atol=2e-6)
+
+
+def test_normals_exact_mapping_of_elements():
+    """Element 4j+k is lane k of block j, Box–Muller on (x0, x1) and (x2, x3), cos before sin."""
+    seed, offset = 0xABCDEF, 9
+    words = reference_bits(seed, offset, 0, 3).reshape(3, 4)
+    u = ((words >> 8) + 1).double() * 2.0**-24
+    got = reference.philox_normals(seed, offset, 12).double().reshape(3, 4)
+    for j in range(3):
+        for pair in (0, 1):
+            r = math.sqrt(-2 * math.log(u[j, 2 * pair]))
+            theta = 2 * math.pi * u[j, 2 * pair + 1]
+            assert got[j, 2 * pair] == pytest.approx(r * math.cos(theta), rel=1e-6, abs=1e-6)
+            assert got[j, 2 * pair + 1] == pytest.approx(r * math.sin(theta), rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.skipif(not vdm_fast._library.has_native_kernel("randn_like", "CPU"), reason="not built")
+def test_cpu_normals_many_elements_and_thread_splits():
+    """2^21 + 3 elements: every tile / thread boundary, one partial block. Error bound: a few
+    ulps of the radius r <= 5.8 (the cos/sin factor is accurate to ~4 2^-24 absolute)."""
+    n = (1 << 21) + 3
+    got = normals(("cpu", "cpu"), (n,), seed=77)
+    want = reference.philox_normals(77, 0, n).double()
+    err = (got.double() - want).abs() / (1 + want.abs())
+    assert err.max() < 2e-6, err.max()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(normals(("cpu", "cpu"), (n,), seed=77), got)  # independent of the split
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(backends.triton_status() is not None, reason="triton unavailable")
+@pytest.mark.parametrize("stride", [pytest.param(1, marks=pytest.mark.slow, id="all"), pytest.param(61, id="every61st")])
+def test_float32_transcendentals_over_every_uniform(stride):
+    """log_unit and sincos_turns of kernels/philox.py (the constants of csrc/philox.h) on all 2^24
+    uniforms u = k 2^-24 (--runslow; every 61st by default), against float64: a few ulps."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter check")
+    n, block = 1 << 24, 1 << 20
+    m = triton.cdiv(n, stride) + 1
+    lg, sn, cs = (torch.empty(triton.cdiv(m, block) * block) for _ in range(3))
+    _transcendentals_kernel[(triton.cdiv(m, block),)](lg, sn, cs, n, stride, BLOCK=block)
+    k = (torch.arange(lg.numel(), dtype=torch.int64) * stride).clamp(max=n - 1)
+    u = (k + 1).double() * 2.0**-24
+    ulp1 = 2.0**-24  # absolute error scale of values of magnitude <= 1
+    log_err = ((lg.double() - torch.log(u)).abs() / torch.log(u).abs().clamp(min=2.0**-24)).max()
+    assert log_err < 3 * 2**-24, log_err  # relative
+    theta = 2 * math.pi * u
+    assert (sn.double() - torch.sin(theta)).abs().max() < 4 * ulp1
+    assert (cs.double() - torch.cos(theta)).abs().max() < 4 * ulp1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_other_dtypes_are_float32_noise_cast(backend, dtype):
+    got = normals(backend, (3, 37), seed=11, dtype=dtype)
+    want32 = reference.philox_normals(11, 0, 3 * 37).reshape(3, 37)
+    assert got.dtype == dtype
+    if dtype == torch.float64:
+        torch.testing.assert_close(got.cpu(), want32.double(), rtol=2e-6, atol=2e-6)
+    else:  # the float32 value, rounded once: within one unit of the dtype
+        torch.testing.assert_close(got.cpu(), want32.to(dtype), rtol=torch.finfo(dtype).eps, atol=0)
+
+
+# --- statistics -----------------------------------------------------------------------------------
+
+
+def _stats_sample(n=1 << 20, seed=1234, offset=0):
+    if vdm_fast._library.has_native_kernel("randn_like", "CPU"):
+        return normals(("cpu", "cpu"), (n,), seed=seed, offset=offset).double()
+    return reference.philox_normals(seed, offset, n).double()
+
+
+def test_moments_and_distribution():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    x = _stats_sample()
+    n = x.numel()
+    assert abs(x.mean().item()) < 5 / math.sqrt(n)
+    assert abs(x.var().item() - 1) < 5 * math.sqrt(2 / n)
+    assert abs(((x**3).mean()).item()) < 5 * math.sqrt(15 / n)    # skewness
+    assert abs(((x**4).mean()).item() - 3) < 5 * math.sqrt(96 / n)  # kurtosis
+    assert scipy_stats.kstest(x.numpy(), "norm").pvalue > 1e-3
+    ad = scipy_stats.anderson(x[: 1 << 16].numpy(), dist="norm")
+    assert ad.statistic < ad.critical_values[-1]  # not rejected at the 1% level
+    # Tails: P(|x| > 4) = 6.3e-5; the Box–Muller radius reaches sqrt(-2 log 2^-24) = 5.77.
+    tail = (x.abs() > 4).double().mean().item()
+    assert abs(tail - 6.334e-5) < 5 * math.sqrt(6.334e-5 / n)
+
+
+def _corr(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    return ((a * b).mean() / (a.std() * b.std())).item()
+
+
+def test_no_correlation_between_neighbours_seeds_offsets():
+    n = 1 << 20
+    x = _stats_sample(n)
+    bound = 5 / math.sqrt(n)
+    for lag in (1, 2, 3, 4, 5, 8):
+        assert abs(_corr(x[:-lag], x[lag:])) < bound * math.sqrt(n / (n - lag)), lag
+    # the two members of a Box–Muller pair, and their squares (dependence through the radius)
+    assert abs(_corr(x[0::4], x[1::4])) < 2 * bound
+    assert abs(_corr(x[0::4] ** 2, x[1::4] ** 2)) < 2 * bound * 2
+    for other in (_stats_sample(n, seed=1235), _stats_sample(n, seed=1234 ^ (1 << 63)), _stats_sample(n, offset=1)):
+        assert abs(_corr(x, other)) < bound
+
+
+# --- generators and the public function -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_generator_state_same_noise_fresh_noise_after(backend):
+    name, device = backend
+    x = torch.empty(5, 3, 7, device=device)
+    g = torch.Generator().manual_seed(42)
+    a = vdm_fast.randn_like(x, g, backend=name)
+    b = vdm_fast.randn_like(x, g, backend=name)
+    assert not torch.equal(a, b)  # the generator advanced: fresh noise
+    c = vdm_fast.randn_like(x, torch.Generator().manual_seed(42), backend=name)
+    assert torch.equal(a, c)
+    torch.manual_seed(7)
+    d = vdm_fast.randn_like(x, backend=name)  # the default generator
+    torch.manual_seed(7)
+    assert torch.equal(d, vdm_fast.randn_like(x, backend=name))
+    assert a.shape == x.shape and a.dtype == x.dtype and not a.requires_grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_noise_on_every_backend(backend):
+    name, device = backend
+    x = torch.empty(4, 3, 9, 5, device=device)
+    got = vdm_fast.randn_like(x, torch.Generator().manual_seed(5), backend=name)
+    want = vdm_fast.randn_like(x.cpu(), torch.Generator().manual_seed(5), backend="reference")
+    torch.testing.assert_close(got.cpu(), want, rtol=2e-6, atol=2e-6)
+
+
+def test_generator_advances_by_one_draw():
+    g = torch.Generator().manual_seed(3)
+    vdm_fast.randn_like(torch.empty(100), g, backend="reference")
+    h = torch.Generator().manual_seed(3)
+    noise_mod.draw_seed(h)
+    assert torch.equal(g.get_state(), h.get_state())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layouts_empty_and_0d(backend):
+    name, device = backend
+    cl = torch.empty(2, 3, 4, 5, device=device).contiguous(memory_format=torch.channels_last)
+    out = vdm_fast.randn_like(cl, torch.Generator().manual_seed(1), backend=name)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    # element i of the output's memory is element i of the stream
+    flat = out.permute(0, 2, 3, 1).reshape(-1)
+    seed = noise_mod.draw_seed(torch.Generator().manual_seed(1))
+    torch.testing.assert_close(flat.cpu(), reference.philox_normals(int(seed) % 2**64, 0, flat.numel()),
+                               rtol=2e-6, atol=2e-6)
+    sliced = torch.empty(4, 6, device=device)[:, ::2]
+    assert vdm_fast.randn_like(sliced, backend=name).is_contiguous()
+    assert vdm_fast.randn_like(torch.empty(0, 3, device=device), backend=name).shape == (0, 3)
+    assert vdm_fast.randn_like(torch.empty((), device=device), backend=name).shape == ()
+
+
+def test_randn_like_bad_inputs():
+    with pytest.raises(TypeError, match="x"):
+        vdm_fast.randn_like([1.0, 2.0])
+    with pytest.raises(TypeError, match="x"):
+        vdm_fast.randn_like(torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="generator"):
+        vdm_fast.randn_like(torch.zeros(3), generator=0)
+    with pytest.raises(ValueError, match="backend"):
+        vdm_fast.randn_like(torch.zeros(3), backend="tpu")
+
+
+@pytest.mark.skipif(not vdm_fast._library.has_native_kernel("randn_like", "CPU"), reason="not built")
+def test_native_seed_checks():
+    x = torch.empty(3)
+    with pytest.raises(RuntimeError, match="seed"):
+        torch.ops.vdm_fast.randn_like(x, torch.zeros(2, dtype=torch.int64), 0)
+    with pytest.raises(RuntimeError, match="seed"):
+        torch.ops.vdm_fast.randn_like(x, torch.zeros((), dtype=torch.int32), 0)
+
+
+@pytest.mark.skipif(not vdm_fast._library.has_native_kernel("randn_like", "CPU"), reason="not built")
+def test_opcheck_native():
+    seed = seed_tensor(99)
+    for x in (torch.empty(3, 4, 5), torch.empty(7), torch.empty(0, 2), torch.empty(2, 3, 4, 5).to(
+            memory_format=torch.channels_last), torch.empty(3, 5, dtype=torch.float16)):
+        torch.library.opcheck(torch.ops.vdm_fast.randn_like.default, (x, seed, 5))
+    torch.library.opcheck(torch.ops.vdm_fast.philox_bits.default, (seed, 3, 2**40, 9))
+
+
+def test_opcheck_triton():
+    why = backends.unavailable_reason("triton", "cpu", "randn_like")
+    if why and not torch.cuda.is_available():
+        pytest.skip(why)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    if device == "cuda":
+        utils = utils + ("test_aot_dispatch_dynamic",)
+    torch.library.opcheck(torch.ops.vdm_fast.randn_like_triton.default,
+                          (torch.empty(3, 4, device=device), seed_tensor(4), 0), test_utils=utils)
+
+
+@pytest.mark.parametrize("backend", backend_params("randn_like"))  # the integer oracle takes minutes to compile
+def test_compile_fullgraph(backend):
+    name, device = backend
+    if name == "triton" and INTERPRETED:
+        pytest.skip("torch.compile cannot run the Triton interpreter on fake tensors; runs on a GPU")
+    torch._dynamo.reset()
+
+    def fn(x):
+        return x + vdm_fast.randn_like(x, backend=name)
+
+    x = torch.zeros(4, 3, 8, 8, device=device)
+    out = torch.compile(fn, fullgraph=True)(x)
+    assert out.shape == x.shape and out.std().item() == pytest.approx(1.0, abs=0.1)

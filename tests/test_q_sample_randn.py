@@ -1,0 +1,274 @@
+"""q_sample_randn (DESIGN.md §4.2): (z, noise) with the noise drawn in-kernel. Every backend
+equals the reference; z is q_sample of the returned noise; the noise is randn_like's stream."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import vdm_fast
+from vdm_fast import reference
+from helpers import LOW_PRECISION, assert_tight, assert_within_2x_of_torch, backend_params
+
+BACKENDS = backend_params("q_sample_randn")
+ALL = backend_params("q_sample_randn", include_reference=True)
+SHAPES = [(1, 3), (7, 13), (5, 3, 11, 7), (2, 3, 5, 7, 3), (3, 1, 1, 1), (4, 2053)]
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+NOISE_TOL = dict(rtol=2e-6, atol=2e-6)  # float32 Box–Muller vs the exact one (tests/test_noise.py)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def make_inputs(shape, dtype, device, requires_grad=False):
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    x0 = torch.randn(shape, device=device).to(dtype).requires_grad_(requires_grad)
+    alpha = torch.rand(shape[0], device=device, dtype=cdt).requires_grad_(requires_grad)
+    sigma = torch.rand(shape[0], device=device, dtype=cdt).requires_grad_(requires_grad)
+    return x0, alpha, sigma
+
+
+def run(name, x0, alpha, sigma, seed=0):
+    return vdm_fast.q_sample_randn(x0, alpha, sigma, gen(seed), backend=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_forward_backward_match_reference(backend, shape, dtype):
+    name, device = backend
+    x0, alpha, sigma = make_inputs(shape, dtype, device, requires_grad=True)
+    upstream = 0.5 + torch.rand(shape, device=device, dtype=dtype)  # non-unit upstream gradient
+    z, noise = run(name, x0, alpha, sigma, seed=3)
+    z_ref, noise_ref = run("reference", x0, alpha, sigma, seed=3)
+    assert z.shape == shape and z.dtype == dtype and noise.dtype == dtype and not noise.requires_grad
+    torch.testing.assert_close(noise, noise_ref, **NOISE_TOL)
+    # Given its own noise, z is q_sample's, and so are its gradients.
+    want = reference.q_sample(x0, alpha, sigma, noise)
+    assert_tight(z, want, msg="z")
+    got_g = torch.autograd.grad(z, (x0, alpha, sigma), upstream)
+    want_g = torch.autograd.grad(want, (x0, alpha, sigma), upstream)
+    for label, g, w in zip(("x0", "alpha", "sigma"), got_g, want_g):
+        assert_tight(g, w, msg=f"grad {label}")
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_z_is_q_sample_of_returned_noise_exactly(backend):
+    name, device = backend
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        x0, alpha, sigma = make_inputs((3, 5, 7), dtype, device)
+        z, noise = run(name, x0, alpha, sigma)
+        assert torch.equal(z, vdm_fast.q_sample(x0, alpha, sigma, noise, backend=name)), dtype
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_noise_is_randn_like_stream(backend):
+    name, device = backend
+    x0, alpha, sigma = make_inputs((4, 3, 6, 5), torch.float32, device)
+    _, noise = run(name, x0, alpha, sigma, seed=9)
+    want = vdm_fast.randn_like(x0, gen(9), backend="reference")
+    torch.testing.assert_close(noise, want, **NOISE_TOL)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_generator_state(backend):
+    name, device = backend
+    x0, alpha, sigma = make_inputs((2, 3, 8), torch.float32, device)
+    g = gen(1)
+    z1, n1 = vdm_fast.q_sample_randn(x0, alpha, sigma, g, backend=name)
+    z2, n2 = vdm_fast.q_sample_randn(x0, alpha, sigma, g, backend=name)
+    assert not torch.equal(n1, n2)  # fresh noise on each call
+    z3, n3 = vdm_fast.q_sample_randn(x0, alpha, sigma, gen(1), backend=name)
+    assert torch.equal(n1, n3) and torch.equal(z1, z3)
+    torch.manual_seed(5)
+    _, d1 = vdm_fast.q_sample_randn(x0, alpha, sigma, backend=name)  # default generator
+    torch.manual_seed(5)
+    _, d2 = vdm_fast.q_sample_randn(x0, alpha, sigma, backend=name)
+    assert torch.equal(d1, d2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_low_precision(backend, dtype):
+    name, device = backend
+    shape = (6, 3, 17, 9)
+    x0, alpha, sigma = make_inputs(shape, dtype, device, requires_grad=True)
+    upstream = torch.randn(shape, device=device).to(dtype)
+    z, noise = run(name, x0, alpha, sigma, seed=2)
+    # The noise: drawn in float32, then cast (one rounding of the dtype).
+    n32 = vdm_fast.randn_like(x0.float(), gen(2), backend="reference")
+    torch.testing.assert_close(noise.float(), n32, rtol=torch.finfo(dtype).eps, atol=0)
+    gx, ga, gs = torch.autograd.grad(z, (x0, alpha, sigma), upstream)
+
+    d = [t.detach().double().requires_grad_() for t in (x0, alpha, sigma)]
+    truth = reference.q_sample(d[0], d[1], d[2], noise.double())
+    truth_g = torch.autograd.grad(truth, d, upstream.double())
+    n = [t.detach().to(dtype).requires_grad_() for t in (x0, alpha, sigma)]
+    native = n[1][:, None, None, None] * n[0] + n[2][:, None, None, None] * noise
+    native_g = torch.autograd.grad(native, n, upstream)
+    assert_within_2x_of_torch(z, native, truth, "z")
+    for label, ours, theirs, t in zip(("x0", "alpha", "sigma"), (gx, ga, gs), native_g, truth_g):
+        assert_within_2x_of_torch(ours, theirs, t, f"grad {label}")
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_empty_batch(backend):
+    name, device = backend
+    x0, alpha, sigma = make_inputs((0, 3, 4, 4), torch.float32, device, requires_grad=True)
+    z, noise = run(name, x0, alpha, sigma)
+    assert z.shape == noise.shape == (0, 3, 4, 4)
+    z.sum().backward()
+    assert alpha.grad.shape == (0,) and x0.grad.shape == (0, 3, 4, 4)
+
+
+def _layouts(device):
+    base = torch.randn(4, 6, 10, 8, device=device)
+    return {
+        "transposed": base.transpose(2, 3),
+        "batch_not_outermost": torch.randn(6, 4, 10, 8, device=device).transpose(0, 1),
+        "sliced": base[:, :, 1:9:2, ::3],
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "expanded": torch.randn(4, 6, 1, 8, device=device).expand(4, 6, 10, 8),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["transposed", "batch_not_outermost", "sliced", "channels_last", "expanded"])
+def test_noncontiguous_inputs(backend, layout):
+    name, device = backend
+    x0 = _layouts(device)[layout].requires_grad_()
+    alpha = torch.rand(x0.shape[0], device=device).requires_grad_()
+    sigma = torch.rand(x0.shape[0], device=device).requires_grad_()
+    upstream = torch.randn(x0.shape, device=device).transpose(1, 2).contiguous().transpose(1, 2)
+    z, noise = run(name, x0, alpha, sigma, seed=4)
+    _, noise_ref = run("reference", x0, alpha, sigma, seed=4)
+    torch.testing.assert_close(noise, noise_ref, **NOISE_TOL)
+    assert noise.stride() == z.stride()
+    want = reference.q_sample(x0, alpha, sigma, noise)
+    assert_tight(z, want)
+    for g, w in zip(torch.autograd.grad(z, (x0, alpha, sigma), upstream),
+                    torch.autograd.grad(want, (x0, alpha, sigma), upstream)):
+        assert_tight(g, w)
+    if layout == "channels_last":
+        assert z.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("form", ["float", "0-d", "(B,)", "(B,1,1,1)", "float64"])
+def test_coefficient_forms(backend, form):
+    name, device = backend
+    x0, _, _ = make_inputs((3, 2, 5, 5), torch.float32, device)
+    coeff = {
+        "float": lambda v: v,
+        "0-d": lambda v: torch.tensor(v, device=device),
+        "(B,)": lambda v: torch.full((3,), v, device=device),
+        "(B,1,1,1)": lambda v: torch.full((3, 1, 1, 1), v, device=device),
+        "float64": lambda v: torch.full((3,), v, device=device, dtype=torch.float64),
+    }[form]
+    z, noise = vdm_fast.q_sample_randn(x0, coeff(0.8), coeff(0.6), gen(), backend=name)
+    assert_tight(z, 0.8 * x0 + 0.6 * noise)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inputs_not_modified(backend):
+    name, device = backend
+    inputs = make_inputs((3, 4, 5), torch.float32, device, requires_grad=True)
+    before = [t.detach().clone() for t in inputs]
+    run(name, *inputs)[0].sum().backward()
+    for b, t in zip(before, inputs):
+        assert torch.equal(b, t.detach())
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_gradcheck_fp64(backend):
+    name, device = backend
+    inputs = make_inputs((3, 2, 5), torch.float64, device, requires_grad=True)
+    # A fresh generator in the same state on every evaluation: the same noise each time.
+    assert torch.autograd.gradcheck(lambda *a: run(name, *a, seed=6)[0], inputs)
+
+
+def test_opcheck_native():
+    if not vdm_fast._library.has_native_kernel("q_sample_randn", "CPU"):
+        pytest.skip("native CPU kernel not built")
+    seed = torch.tensor(-12345, dtype=torch.int64)
+    for shape in [(3, 4, 5), (1, 7), (0, 2)]:
+        x0, alpha, sigma = make_inputs(shape, torch.float32, "cpu", requires_grad=True)
+        torch.library.opcheck(torch.ops.vdm_fast.q_sample_randn.default, (x0, alpha, sigma, seed, 0))
+    x_cl = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.vdm_fast.q_sample_randn.default, (x_cl, torch.rand(2), torch.rand(2), seed, 7))
+
+
+def test_opcheck_triton():
+    from vdm_fast import backends
+
+    if backends.unavailable_reason("triton", "cpu", "q_sample_randn") and not torch.cuda.is_available():
+        pytest.skip(backends.unavailable_reason("triton", "cpu", "q_sample_randn"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    if device == "cuda":
+        utils = utils + ("test_aot_dispatch_dynamic",)
+    x0, alpha, sigma = make_inputs((3, 4, 5), torch.float32, device, requires_grad=True)
+    torch.library.opcheck(torch.ops.vdm_fast.q_sample_randn_triton.default,
+                          (x0, alpha, sigma, torch.tensor(5, dtype=torch.int64), 0), test_utils=utils)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph(backend):
+    name, device = backend
+    if name == "triton" and INTERPRETED:
+        pytest.skip("torch.compile traces into triton_op kernels, which the Triton interpreter cannot run on fake "
+                    "tensors; this runs on a GPU")
+    torch._dynamo.reset()
+
+    def loss(x0, alpha, sigma):
+        z, noise = vdm_fast.q_sample_randn(x0, alpha, sigma, backend=name)
+        return (z**2).sum(), noise
+
+    inputs = make_inputs((4, 3, 8, 8), torch.float32, device, requires_grad=True)
+    got_loss, noise = torch.compile(loss, fullgraph=True)(*inputs)
+    got = torch.autograd.grad(got_loss, inputs)
+    # Eager q_sample with the noise the compiled call drew.
+    want_loss = (reference.q_sample(*inputs, noise) ** 2).sum()
+    want = torch.autograd.grad(want_loss, inputs)
+    assert_tight(got_loss, want_loss)
+    for g, w in zip(got, want):
+        assert_tight(g, w)
+
+
+@pytest.mark.parametrize(
+    "case, exc, match",
+    [
+        ("alpha_length", ValueError, "alpha"),
+        ("sigma_shape", ValueError, "sigma"),
+        ("int_x0", TypeError, "x0"),
+        ("int_alpha", TypeError, "alpha"),
+        ("bool_sigma", TypeError, "sigma"),
+        ("mixed_device_alpha", ValueError, "alpha"),
+        ("scalar_x0", ValueError, "x0"),
+        ("list_x0", TypeError, "x0"),
+        ("generator_int", TypeError, "generator"),
+        ("backend", ValueError, "backend"),
+    ],
+)
+def test_bad_inputs_name_the_argument(case, exc, match):
+    x0, alpha, sigma = make_inputs((4, 3, 5), torch.float32, "cpu")
+    args = dict(x0=x0, alpha=alpha, sigma=sigma)
+    args.update(
+        {
+            "alpha_length": dict(alpha=torch.rand(3)),
+            "sigma_shape": dict(sigma=torch.rand(4, 3)),
+            "int_x0": dict(x0=torch.ones(4, 3, 5, dtype=torch.int64)),
+            "int_alpha": dict(alpha=torch.ones(4, dtype=torch.int32)),
+            "bool_sigma": dict(sigma=True),
+            "mixed_device_alpha": dict(alpha=alpha.to("meta")),
+            "scalar_x0": dict(x0=torch.tensor(1.0)),
+            "list_x0": dict(x0=[1.0, 2.0]),
+            "generator_int": dict(generator=3),
+            "backend": dict(backend="tpu"),
+        }[case]
+    )
+    with pytest.raises(exc, match=match):
+        vdm_fast.q_sample_randn(**args)
