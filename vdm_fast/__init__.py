@@ -11,6 +11,5 @@ from .ops import q_sample_randn, randn_like
 
 __version__ = "0.1.0"
 
-__all__ = ["q_sample", "sq_error", "prior_kl", "recon_nll", "discretized_gaussian_nll", "reverse_step", "reference", "schedules", "backends", "elbo", "bpd", "samplers", "guidance", "__version__"]
-
-__all__ = ["q_sample", "sq_error", "prior_kl", "recon_nll", "discretized_gaussian_nll", "reverse_step", "randn_like", "q_sample_randn", "reference", "schedules", "backends", "__version__"]
+__all__ = ["q_sample", "sq_error", "prior_kl", "recon_nll", "discretized_gaussian_nll", "reverse_step", "randn_like", "q_sample_randn",
+           "reference", "schedules", "backends", "elbo", "bpd", "samplers", "guidance", "__version__"]
