@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/vdm-fast demo
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest tests -q -p no:cacheprovider -n $${TEST_JOBS:-2}
 
 bench: $(STAMP)
 	$(VENV)/bin/vdm-fast bench

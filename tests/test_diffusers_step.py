@@ -440,7 +440,8 @@ def test_backend_attribute_reaches_the_ops_and_is_not_config(tmp_path):
     model_output, sample = _inputs()
     expected = mine.step(model_output, 501, sample).prev_sample
     mine.vdm_fast_backend = "reference"
-    torch.testing.assert_close(mine.step(model_output, 501, sample).prev_sample, expected, rtol=0, atol=0)
+    # The reference and the fused kernel agree to float32 rounding (the kernel may fuse a multiply-add).
+    torch.testing.assert_close(mine.step(model_output, 501, sample).prev_sample, expected, rtol=1e-5, atol=1e-6)
     mine.vdm_fast_backend = "no-such-backend"
     with pytest.raises(ValueError, match="no-such-backend"):
         mine.step(model_output, 501, sample)

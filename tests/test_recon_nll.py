@@ -171,13 +171,14 @@ def test_extremes_finite_and_equal_to_float64_reference(backend, dtype, regime):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bin_assignment_matches_reference_bin_index(backend):
-    """Ties (bin edges), values outside [-1, 1] and exact centres are binned as reference.bin_index;
-    with a tiny sigma a wrong bin would change the nll by ~1e4 nats."""
+    """Ties (bin edges), the ends of [-1, 1] and exact centres are binned as reference.bin_index;
+    with a tiny sigma a wrong bin would change the nll by ~1e4 nats. (Values outside [-1, 1] are
+    rejected: tests/test_hardening_ops.py.)"""
     name, device = backend
     k = torch.arange(257, dtype=torch.float64)
     edges = 2 * k / 256 - 1  # exactly between two centres: ties to even
     centres = 2 * (torch.arange(256, dtype=torch.float64) + 0.5) / 256 - 1
-    x = torch.cat([edges, centres, torch.tensor([-1.5, 1.5, -1.0, 1.0, 0.0, -3.0, 7.0])]).to(device)
+    x = torch.cat([edges, centres, torch.tensor([-1.0, 1.0, 0.0])]).to(device)
     x0 = x.float().reshape(1, -1)
     z0 = (x0 + 1e-3 * torch.randn_like(x0))
     alpha, sigma = torch.ones(1, device=device), torch.full((1,), 2e-3, device=device)

@@ -55,7 +55,7 @@ def to_ddpm_grid(k: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.T
 @torch.no_grad()
 def vdm_bpd(model, x0: torch.Tensor, schedule, *, T: int | None = None, parameterization: str = "eps",
             repeats: int = 1, antithetic: bool = True, generator: torch.Generator | None = None,
-            backend: str | None = None) -> BitsPerDim:
+            decoder: str | None = "categorical", backend: str | None = None) -> BitsPerDim:
     """Per-sample negative ELBO in bits/dim, VDM's convention, averaged over ``repeats`` estimates.
 
     Each repeat draws new times (antithetic across the batch), eps and eps' from ``generator``.
@@ -66,7 +66,7 @@ def vdm_bpd(model, x0: torch.Tensor, schedule, *, T: int | None = None, paramete
     sums = None
     for _ in range(repeats):
         terms = elbo_mod.elbo(model, x0, schedule, T=T, parameterization=parameterization, antithetic=antithetic,
-                              generator=generator, backend=backend).bpd_terms()
+                              generator=generator, decoder=decoder, backend=backend).bpd_terms()
         vals = [terms.recon, terms.prior, terms.diffusion, terms.total]
         sums = [v.double() for v in vals] if sums is None else [s + v.double() for s, v in zip(sums, vals)]
     return BitsPerDim(*(s / repeats for s in sums))

@@ -205,7 +205,7 @@ def _model_out(model, z, t, x0):
 
 def elbo(model, x0: torch.Tensor, schedule, *, T: int | None = None, parameterization: str = "eps",
          t: torch.Tensor | None = None, noise: torch.Tensor | None = None, recon_noise: torch.Tensor | None = None,
-         antithetic: bool = True, generator: torch.Generator | None = None, decoder: str = "categorical",
+         antithetic: bool = True, generator: torch.Generator | None = None, decoder: str | None = "categorical",
          backend: str | None = None) -> ELBOTerms:
     """One Monte Carlo estimate of the negative ELBO per sample (nats), by terms.
 
@@ -219,7 +219,9 @@ def elbo(model, x0: torch.Tensor, schedule, *, T: int | None = None, parameteriz
         t: (B,) times; continuous: in [0, 1]; T steps: on the grid i/T, i = 1..T (s = t - 1/T).
             Drawn with :func:`sample_time` (``antithetic``, ``generator``) when None.
         noise: eps for z_t; recon_noise: eps' for z_0. Drawn from ``generator`` when None.
-        decoder: the reconstruction decoder of ``recon_nll``.
+        decoder: the reconstruction decoder of ``recon_nll``; None for no reconstruction term
+            (recon = 0: continuous data, which has no 8-bit decoder, or a decoder evaluated
+            separately). The decoder's data must lie in [-1, 1].
         backend: passed to every op (``"reference"`` to run the pure-PyTorch oracle).
 
     Returns:
@@ -243,8 +245,11 @@ def elbo(model, x0: torch.Tensor, schedule, *, T: int | None = None, parameteriz
     # Endpoint terms: one schedule evaluation each, expanded to the batch.
     ends = torch.tensor([0.0, 1.0], dtype=cdt, device=x0.device)
     alpha_e, sigma_e = schedule.alpha_sigma(ends, cdt)
-    z_0 = q_sample(x0, alpha_e[0].expand(B), sigma_e[0].expand(B), recon_noise, backend=backend)
-    recon = recon_nll(x0, z_0, alpha_e[0].expand(B), sigma_e[0].expand(B), decoder, backend=backend)
+    if decoder is None:
+        recon = torch.zeros(B, dtype=cdt, device=x0.device)
+    else:
+        z_0 = q_sample(x0, alpha_e[0].expand(B), sigma_e[0].expand(B), recon_noise, backend=backend)
+        recon = recon_nll(x0, z_0, alpha_e[0].expand(B), sigma_e[0].expand(B), decoder, backend=backend)
     prior = prior_kl(x0, alpha_e[1].expand(B), sigma_e[1].expand(B), backend=backend)
     return ELBOTerms(recon, prior, diffusion, math.prod(x0.shape[1:]))
 

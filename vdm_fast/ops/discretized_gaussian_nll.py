@@ -73,7 +73,7 @@ def discretized_gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, log_scale: to
     """-log P(x0's bin) under N(mean, exp(log_scale)^2), summed per sample, nats.
 
     Args:
-        x0: data on the DDPM grid k/127.5 - 1 in [-1, 1].
+        x0: data on the DDPM grid k/127.5 - 1 in [-1, 1] (outside it, or NaN, raises).
         mean, log_scale: the decoder's mean and log standard deviation, shape of x0.
         cdf: ``"erf"`` (exact, stable in log space) or ``"tanh"`` (improved-diffusion's
             approximation with its 1e-12 clamps, to reproduce their numbers).
@@ -88,4 +88,5 @@ def discretized_gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, log_scale: to
     _checks.same_as(NAME, "log_scale", log_scale, x0, "x0")
     if cdf not in reference.CDFS:
         raise ValueError(f"{NAME}: cdf must be one of {reference.CDFS}, got {cdf!r}")
+    _checks.within(NAME, "x0", x0, -1.0, 1.0)
     return impls(backends.resolve(backend, x0.device, NAME))(x0, mean, log_scale, cdf)

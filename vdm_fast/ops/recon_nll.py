@@ -75,9 +75,11 @@ def recon_nll(x0: torch.Tensor, z0: torch.Tensor, alpha_0, sigma_0, decoder: str
 
     Args:
         x0: data on VDM's grid of bin centres 2(k + 1/2)/256 - 1, k = 0..255 (values are
-            assigned to the nearest bin, ``reference.bin_index``).
+            assigned to the nearest bin, ``reference.bin_index``); values outside [-1, 1] or NaN
+            raise (docs/DESIGN_NOTES.md, "Policies").
         z0: the latent at t = 0, same shape/dtype/device as x0.
-        alpha_0, sigma_0: per-sample scales at t = 0: a float, a 0-d, (B,) or (B, 1, ..., 1) tensor.
+        alpha_0, sigma_0: per-sample scales at t = 0: a float, a 0-d, (B,) or (B, 1, ..., 1) tensor;
+            sigma_0 > 0.
         decoder: ``"categorical"``.
         backend: ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``; default: the fastest
             available for the device.
@@ -94,4 +96,6 @@ def recon_nll(x0: torch.Tensor, z0: torch.Tensor, alpha_0, sigma_0, decoder: str
     batch, cdt = x0.shape[0], _checks.compute_dtype(x0.dtype)
     alpha_0 = _checks.per_sample(NAME, "alpha_0", alpha_0, batch, x0.device, cdt)
     sigma_0 = _checks.per_sample(NAME, "sigma_0", sigma_0, batch, x0.device, cdt)
+    _checks.positive(NAME, "sigma_0", sigma_0)
+    _checks.within(NAME, "x0", x0, -1.0, 1.0)
     return impls(backends.resolve(backend, x0.device, NAME))(x0, z0, alpha_0, sigma_0, decoder)
