@@ -13,11 +13,13 @@
 TORCH_LIBRARY_FRAGMENT(vdm_fast, m) {
   // z_next = c_z z + c_m m + c_x x̂ + c_n noise with m the (guided) model output and
   // x̂ = a_z z + a_m m (clamped to [-clip, clip] when clip is given). coeffs: (6, B) rows
-  // (a_z, a_m, c_z, c_m, c_x, c_n). noise=None: the c_n term is left out (the caller has checked
-  // that every c_n is 0; vdm_fast.ops.reverse_step draws the noise otherwise).
+  // (a_z, a_m, c_z, c_m, c_x, c_n). The noise n: the `noise` tensor; or, with `seed` (noise None),
+  // drawn in-kernel from Philox stream (seed, offset) (csrc/noise_args.h), only for samples whose
+  // c_n is non-zero; with neither, the c_n term is left out.
   m.def(
       "reverse_step(Tensor z, Tensor model_out, Tensor coeffs, Tensor? uncond=None, Tensor? guidance_scale=None,"
-      " Tensor? classifier_grad=None, Tensor? grad_scale=None, float? clip=None, Tensor? noise=None) -> Tensor");
+      " Tensor? classifier_grad=None, Tensor? grad_scale=None, float? clip=None, Tensor? noise=None,"
+      " Tensor? seed=None, int offset=0) -> Tensor");
 }
 
 namespace vdm_fast {
@@ -27,7 +29,8 @@ using OptT = std::optional<at::Tensor>;
 
 at::Tensor reverse_step_autograd(const at::Tensor& z, const at::Tensor& model_out, const at::Tensor& coeffs,
                                  const OptT& uncond, const OptT& guidance_scale, const OptT& classifier_grad,
-                                 const OptT& grad_scale, std::optional<double> clip, const OptT& noise) {
+                                 const OptT& grad_scale, std::optional<double> clip, const OptT& noise,
+                                 const OptT& seed, int64_t offset) {
   if (at::GradMode::is_enabled()) {
     const std::pair<const char*, const at::Tensor*> inputs[] = {
         {"z", &z},
@@ -49,9 +52,10 @@ at::Tensor reverse_step_autograd(const at::Tensor& z, const at::Tensor& model_ou
                              .findSchemaOrThrow("vdm_fast::reverse_step", "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptT&,
                                                const OptT&, const OptT&, const OptT&, std::optional<double>,
-                                               const OptT&)>();
+                                               const OptT&, const OptT&, int64_t)>();
   at::AutoDispatchBelowADInplaceOrView guard;
-  return op.call(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise);
+  return op.call(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, seed,
+                 offset);
 }
 
 }  // namespace

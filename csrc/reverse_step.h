@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "common.h"
+#include "noise_args.h"
 #include "reverse_step_math.h"
 
 namespace vdm_fast {
@@ -15,6 +16,8 @@ namespace vdm_fast {
 struct StepInputs {
   at::Tensor out, z, model_out, uncond, grad, noise;  // data, all in out's layout (optional ones undefined)
   at::Tensor coeffs, guidance_scale, grad_scale;      // per-sample, compute dtype (optional ones undefined)
+  at::Tensor seed;                                    // Philox seed (NoiseSource::kPhilox only)
+  uint64_t offset = 0;                                // Philox stream offset
   StepFlags flags;
   double clip;
   int64_t B, D;
@@ -25,7 +28,8 @@ inline StepInputs prepare_reverse_step(const char* op, const at::Tensor& z, cons
                                        const std::optional<at::Tensor>& guidance_scale,
                                        const std::optional<at::Tensor>& classifier_grad,
                                        const std::optional<at::Tensor>& grad_scale, std::optional<double> clip,
-                                       const std::optional<at::Tensor>& noise) {
+                                       const std::optional<at::Tensor>& noise,
+                                       const std::optional<at::Tensor>& seed, int64_t offset) {
   check_data(op, "z", z);
   check_same_data(op, "model_out", model_out, z, "z");
   StepInputs in;
@@ -59,9 +63,18 @@ inline StepInputs prepare_reverse_step(const char* op, const at::Tensor& z, cons
     check_coeff(op, "grad_scale", *grad_scale, in.B, cdt, z.device());
     in.grad_scale = *grad_scale;
   }
+  const bool has_seed = seed.has_value() && seed->defined();
+  TORCH_CHECK(!(has_n && has_seed), op, ": noise and seed are alternatives (a noise tensor, or noise drawn "
+              "in-kernel from seed); got both");
   if (has_n) check_same_data(op, "noise", *noise, z, "z");
+  if (has_seed) {
+    check_seed(op, *seed, z.device());
+    in.seed = *seed;
+    in.offset = static_cast<uint64_t>(offset);
+  }
   TORCH_CHECK(!clip.has_value() || *clip > 0, op, ": clip must be positive, got ", clip.value_or(0.0));
-  in.flags = StepFlags{has_u, has_g, clip.has_value(), has_n};
+  in.flags = StepFlags{has_u, has_g, clip.has_value(),
+                       has_n ? NoiseSource::kTensor : (has_seed ? NoiseSource::kPhilox : NoiseSource::kNone)};
   in.clip = clip.value_or(0.0);
 
   in.out = new_output_like(z);

@@ -29,10 +29,23 @@ struct StepScalars {
   acc_t clip;  // clamp bound of x̂ (CLIP only)
 };
 
+// Where the noise n of the c_n term comes from: nowhere (the term is left out), a tensor, or an
+// in-kernel Philox draw (DESIGN.md §6: element i of the output's memory is element i of stream
+// (seed, offset), rounded to the data dtype, so it equals randn_like's noise for the same seed).
+enum class NoiseSource { kNone = 0, kTensor, kPhilox };
+
 // Which optional parts of the update a kernel instantiation applies.
 struct StepFlags {
-  bool cfg, cg, clip, noise;
+  bool cfg, cg, clip;
+  NoiseSource noise;
 };
+
+// Whether a sample's noise must be drawn: not where c_n == 0 (the term is then exactly 0 for any
+// finite n); a NaN c_n draws, so the NaN reaches the output as it would with a noise tensor.
+template <typename acc_t>
+VDM_FAST_HOST_DEVICE inline bool needs_noise(acc_t c_n) {
+  return !(c_n == acc_t(0));
+}
 
 template <typename acc_t>
 VDM_FAST_HOST_DEVICE inline StepScalars<acc_t> load_step_scalars(const acc_t* coeffs, int64_t B, int64_t b,
@@ -63,16 +76,22 @@ VDM_FAST_HOST_DEVICE inline acc_t step_mean(acc_t z, acc_t model_out, acc_t unco
   return s.c_z * z + s.c_m * m + s.c_x * x_hat;
 }
 
-// Calls fn(cfg, cg, clip, noise) with std::bool_constant arguments for the runtime flags, so the
-// callee instantiates one tight loop per combination of optional inputs (read the flags back with
-// decltype(cfg)::value).
+// Calls fn(cfg, cg, clip, noise) with std::bool_constant arguments for cfg, cg, clip and a
+// std::integral_constant<NoiseSource, ...> for noise, so the callee instantiates one tight loop per
+// combination of optional inputs (read them back with decltype(cfg)::value).
 template <typename F>
 void dispatch_step_flags(const StepFlags& f, const F& fn) {
   auto with_noise = [&](auto cfg, auto cg, auto clip) {
-    if (f.noise)
-      fn(cfg, cg, clip, std::true_type{});
-    else
-      fn(cfg, cg, clip, std::false_type{});
+    switch (f.noise) {
+      case NoiseSource::kTensor:
+        fn(cfg, cg, clip, std::integral_constant<NoiseSource, NoiseSource::kTensor>{});
+        break;
+      case NoiseSource::kPhilox:
+        fn(cfg, cg, clip, std::integral_constant<NoiseSource, NoiseSource::kPhilox>{});
+        break;
+      default:
+        fn(cfg, cg, clip, std::integral_constant<NoiseSource, NoiseSource::kNone>{});
+    }
   };
   auto with_clip = [&](auto cfg, auto cg) {
     if (f.clip)

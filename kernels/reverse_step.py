@@ -3,7 +3,8 @@
 One program per (sample, chunk of BLOCK elements), flattened into a 1-D grid (no 65535 limit on
 either): the per-sample scalars are loaded once per program. The optional parts (classifier-free
 guidance, classifier guidance, clip, noise) are constexpr flags, so each combination compiles to
-its own tight kernel.
+its own tight kernel. With a seed the noise is drawn in-kernel (kernels/philox.py), only in
+programs whose sample has c_n != 0.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from vdm_fast._layout import empty_out_like, in_layout_of, per_sample_numel
+
+from . import philox
 
 BLOCK = 1024
 
@@ -35,9 +38,25 @@ def _step_mean(z, m, u, g, a_z, a_m, c_z, c_m, c_x, w, gs, clip,
 
 
 @triton.jit
+def _philox_noise(seed_ptr, off_lo, off_hi, start, offs, ALIGNED4: tl.constexpr, BLOCK: tl.constexpr):
+    """Float32 normals of elements ``offs`` = [start, start + BLOCK) of stream (seed, offset). ALIGNED4:
+    start is a multiple of 4, so whole Philox blocks are drawn once each; otherwise each element
+    draws its own block and keeps its lane (odd D: 4x the arithmetic, same numbers)."""
+    k0, k1 = philox.seed_key(seed_ptr)
+    if ALIGNED4:
+        n = philox.randn_tile(k0, k1, off_lo, off_hi, start, BLOCK)
+    else:
+        n0, n1, n2, n3 = philox.philox_normal4(k0, k1, off_lo, off_hi, offs // 4)
+        lane = offs % 4
+        n = tl.where(lane == 0, n0, tl.where(lane == 1, n1, tl.where(lane == 2, n2, n3)))
+    return n
+
+
+@triton.jit(do_not_specialize=["off_lo", "off_hi"])
 def _reverse_step_kernel(
-    out_ptr, z_ptr, m_ptr, u_ptr, g_ptr, n_ptr, coeff_ptr, w_ptr, gs_ptr, clip, B, D, chunks,
-    CFG: tl.constexpr, CG: tl.constexpr, CLIP: tl.constexpr, NOISE: tl.constexpr, BLOCK: tl.constexpr,
+    out_ptr, z_ptr, m_ptr, u_ptr, g_ptr, n_ptr, coeff_ptr, w_ptr, gs_ptr, clip, seed_ptr, off_lo, off_hi, B, D, chunks,
+    CFG: tl.constexpr, CG: tl.constexpr, CLIP: tl.constexpr, NOISE: tl.constexpr, PHILOX: tl.constexpr,
+    ALIGNED4: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     b = pid // chunks
@@ -69,6 +88,13 @@ def _reverse_step_kernel(
     if NOISE:
         c_n = tl.load(coeff_ptr + 5 * B + b)
         out = out + c_n * tl.load(n_ptr + offs, mask=mask, other=0.0).to(acc)
+    if PHILOX:
+        c_n = tl.load(coeff_ptr + 5 * B + b)
+        if c_n != 0:  # nothing drawn where the noise term is 0 (a NaN c_n draws, and propagates)
+            start = b * D + c * BLOCK
+            n = _philox_noise(seed_ptr, off_lo, off_hi, start, offs, ALIGNED4, BLOCK)
+            # Rounded to the data dtype first: the step equals the step with this noise as a tensor.
+            out = out + c_n * n.to(out_ptr.dtype.element_ty).to(acc)
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -82,25 +108,30 @@ def reverse_step(
     grad_scale: torch.Tensor | None = None,
     clip: float | None = None,
     noise: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """Launcher; arguments as ``vdm_fast::reverse_step`` (already validated by the op module).
-    ``noise=None`` leaves the c_n term out."""
+    ``noise`` and ``seed`` both None leave the c_n term out."""
     out = empty_out_like(z)
     if out.numel() == 0:
         return out
     B, D = z.shape[0], per_sample_numel(z)
-    cfg, cg, has_noise = uncond is not None, classifier_grad is not None, noise is not None
+    cfg, cg, has_noise, philox_noise = uncond is not None, classifier_grad is not None, noise is not None, seed is not None
     zl = in_layout_of(z, out)
     ml = in_layout_of(model_out, out)
     # Absent inputs: any valid pointer of the right type; the constexpr flags keep it unread.
     ul = in_layout_of(uncond, out) if cfg else zl
     gl = in_layout_of(classifier_grad, out) if cg else zl
     nl = in_layout_of(noise, out) if has_noise else zl
+    seed_t = seed.reshape(1).to(z.device) if philox_noise else coeffs  # any pointer when unused
+    off_lo, off_hi = philox.split_offset(offset)
     chunks = triton.cdiv(D, BLOCK)
     wrap_triton(_reverse_step_kernel)[(B * chunks,)](
         out, zl, ml, ul, gl, nl, coeffs,
         guidance_scale if cfg else coeffs, grad_scale if cg else coeffs,
-        float(clip) if clip is not None else 1.0, B, D, chunks,
-        CFG=cfg, CG=cg, CLIP=clip is not None, NOISE=has_noise, BLOCK=BLOCK,
+        float(clip) if clip is not None else 1.0, seed_t, off_lo, off_hi, B, D, chunks,
+        CFG=cfg, CG=cg, CLIP=clip is not None, NOISE=has_noise, PHILOX=philox_noise, ALIGNED4=D % 4 == 0,
+        BLOCK=BLOCK,
     )
     return out

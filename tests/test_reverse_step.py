@@ -217,17 +217,100 @@ def test_inputs_not_modified(backend):
         assert torch.equal(b, t)
 
 
-# --- noise: given, drawn (interim torch.randn), or none ------------------------------------------
+# --- noise: given, drawn in-kernel (Philox, DESIGN.md §6), or none ----------------------------------
+# With noise=None on a stochastic step the kernel draws element i's noise from the randn_like
+# stream of a seed drawn from the generator, rounded to z's dtype: the result must equal the step
+# with noise = vdm_fast.randn_like(z, generator) for the same generator state.
+
+# Shapes whose per-sample size D is a multiple of 4 (whole Philox blocks per sample) and not
+# (blocks straddle samples; D < 4: one block spans several samples).
+NOISE_SHAPES = [(3, 4, 5), (5, 3, 7), (7, 1), (6, 2), (2, 2053)]
+
+
+def _some_c_n_zero(coeffs):
+    """Every other sample deterministic: the kernels skip their draw, the others must not shift."""
+    coeffs = coeffs.clone()
+    coeffs[5, ::2] = 0
+    return coeffs
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_drawn_noise_is_torch_randn_of_the_generator(backend):
+@pytest.mark.parametrize("shape", NOISE_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_drawn_noise_is_randn_like_of_the_generator(backend, shape, dtype):
     name, device = backend
-    args, kw = make_inputs((3, 4, 5), torch.float32, device, cfg=False, cg=False)
+    (z, m, coeffs), kw = make_inputs(shape, dtype, device, cfg=True, cg=False)
     del kw["noise"]
-    got = reverse_step(*args, clip=CLIP, generator=torch.Generator(device).manual_seed(7), backend=name)
-    n = torch.randn(args[0].shape, generator=torch.Generator(device).manual_seed(7), device=device)
-    assert_tight(got, ref_call(args, dict(noise=n), CLIP))
+    coeffs = _some_c_n_zero(coeffs)
+    got = reverse_step(z, m, coeffs, clip=CLIP, generator=torch.Generator().manual_seed(7), backend=name, **kw)
+    # randn_like of the same backend: the normals of different backends agree to float32 rounding
+    # (tests/test_noise.py); within one backend the step must be exactly the step with that noise.
+    n = vdm_fast.randn_like(z, generator=torch.Generator().manual_seed(7), backend=name)
+    want = reverse_step(z, m, coeffs, clip=CLIP, noise=n, backend=name, **kw)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_drawn_noise_is_the_same_on_every_backend(backend):
+    """Bit-identical streams: a backend's step equals the C++ CPU step (or the reference's, to
+    float32 rounding) for the same generator state."""
+    name, device = backend
+    (z, m, coeffs), _ = make_inputs((4, 3, 7), torch.float32, device, cfg=False, cg=False)
+    got = reverse_step(z, m, coeffs, generator=torch.Generator().manual_seed(11), backend=name)
+    want = reverse_step(z.cpu(), m.cpu(), coeffs.cpu(), generator=torch.Generator().manual_seed(11), backend="reference")
+    assert_tight(got.cpu(), want)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_drawn_noise_is_fresh_on_each_call_and_reproducible(backend):
+    name, device = backend
+    (z, m, coeffs), _ = make_inputs((3, 4, 5), torch.float32, device, cfg=False, cg=False)
+    gen = torch.Generator().manual_seed(5)
+    a = reverse_step(z, m, coeffs, generator=gen, backend=name)
+    b = reverse_step(z, m, coeffs, generator=gen, backend=name)
+    assert not torch.equal(a, b), "consecutive calls must draw fresh noise"
+    again = reverse_step(z, m, coeffs, generator=torch.Generator().manual_seed(5), backend=name)
+    assert torch.equal(a, again), "the same generator state must give the same step"
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_drawn_noise_is_standard_normal(backend):
+    """(step - step without noise) / c_n over many elements: mean 0, variance 1, no correlation
+    between neighbours or between samples (the full statistics of the stream: tests/test_noise.py)."""
+    name, device = backend
+    B, D = 4, 4099
+    (z, m, coeffs), _ = make_inputs((B, D), torch.float32, device, cfg=False, cg=False)
+    got = reverse_step(z, m, coeffs, generator=torch.Generator().manual_seed(9), backend=name).double()
+    no_noise = coeffs.clone()
+    no_noise[5] = 0
+    base = reverse_step(z, m, no_noise, stochastic=False, backend=name).double()
+    n = ((got - base) / coeffs[5].double().to(got.device)[:, None]).cpu()
+    assert abs(n.mean().item()) < 4 / (B * D) ** 0.5
+    assert abs(n.var().item() - 1) < 0.05
+    assert abs(torch.corrcoef(torch.stack([n[:, 1:].flatten(), n[:, :-1].flatten()]))[0, 1].item()) < 0.03
+    assert abs(torch.corrcoef(n[:2])[0, 1].item()) < 0.06
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_drawn_noise_nan_c_n_stays_in_its_sample(backend):
+    name, device = backend
+    (z, m, coeffs), _ = make_inputs((3, 5, 3), torch.float32, device, cfg=False, cg=False)
+    coeffs = coeffs.clone()
+    coeffs[5, 1] = float("nan")
+    out = reverse_step(z, m, coeffs, generator=torch.Generator().manual_seed(2), backend=name)
+    assert out[1].isnan().all()
+    assert out[[0, 2]].isfinite().all()
+
+
+def test_noise_and_seed_are_alternatives_in_the_native_op():
+    if not _library.has_native_kernel("reverse_step", "CPU"):
+        pytest.skip("native CPU kernel not built")
+    (z, m, coeffs), kw = make_inputs((3, 4, 5), torch.float32, "cpu", cfg=False, cg=False)
+    seed = torch.tensor(3, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="noise and seed"):
+        torch.ops.vdm_fast.reverse_step(z, m, coeffs, noise=kw["noise"], seed=seed)
+    with pytest.raises(RuntimeError, match="seed must be an int64"):
+        torch.ops.vdm_fast.reverse_step(z, m, coeffs, seed=seed.float())
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -249,8 +332,11 @@ def test_stochastic_flag_checks():
     args, kw = make_inputs((3, 4, 5), torch.float32, "cpu", cfg=False, cg=False)
     with pytest.raises(ValueError, match="stochastic"):
         reverse_step(*args, noise=kw["noise"], stochastic=False)
-    with pytest.raises(ValueError, match="stochastic"):  # c_n is non-zero: checked on the host for CPU coeffs
-        reverse_step(*args, stochastic=False)
+    # stochastic=False leaves the c_n term out without reading c_n (no device sync).
+    z, m, coeffs = args
+    deterministic = coeffs.clone()
+    deterministic[5] = 0
+    assert torch.equal(reverse_step(*args, stochastic=False), reverse_step(z, m, deterministic, stochastic=False))
     with pytest.raises(TypeError, match="stochastic"):
         reverse_step(*args, stochastic=1)
     # stochastic=True draws even though every c_n is 0 (what happens on a GPU, where c_n is not read).
@@ -322,6 +408,11 @@ def test_opcheck_native():
         torch.library.opcheck(op, _native_args(shape, combo))
     z_cl = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
     torch.library.opcheck(op, (z_cl, torch.randn(2, 3, 4, 5), torch.rand(6, 2)))
+    # In-kernel noise: seed and offset, whole and straddling Philox blocks.
+    seed = torch.tensor(-1234567890123, dtype=torch.int64)
+    for shape in [(3, 4, 5), (5, 3)]:
+        (z, m, coeffs), _ = make_inputs(shape, torch.float32, "cpu", cfg=False, cg=False)
+        torch.library.opcheck(op, (z, m, coeffs), dict(clip=CLIP, seed=seed, offset=3))
 
 
 def test_opcheck_triton():
@@ -355,6 +446,46 @@ def test_compile_fullgraph(backend):
     with torch.no_grad():
         got = torch.compile(step, fullgraph=True)(*inputs)
     assert_tight(got, step(*inputs))
+
+    # In-kernel noise: the seed is drawn inside the graph (torch.compile's own RNG, so not the
+    # eager draw); the graph must not break and the noise recovered from the step must be N(0, 1).
+    # Not for the reference: Inductor needs minutes to compile its integer-math Philox oracle.
+    if name == "reference":
+        return
+    z, m, coeffs = args
+
+    with torch.no_grad():
+        coeffs = coeffs.clone()
+        coeffs_no_noise = coeffs.clone()
+        coeffs_no_noise[5] = 0
+
+        def drawn(z, m, coeffs, coeffs_no_noise):
+            return (reverse_step(z, m, coeffs, backend=name)
+                    - reverse_step(z, m, coeffs_no_noise, stochastic=False, backend=name))
+
+        n = torch.compile(drawn, fullgraph=True)(z, m, coeffs, coeffs_no_noise) / coeffs[5].reshape(-1, 1, 1, 1)
+    assert n.isfinite().all() and abs(n.var().item() - 1) < 0.25
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph_op_with_seed(backend):
+    """The op with an explicit seed under torch.compile equals the eager op: same noise."""
+    name, device = backend
+    if name == "triton" and INTERPRETED:
+        pytest.skip("torch.compile traces into triton_op kernels, which the Triton interpreter cannot run on fake "
+                    "tensors; this runs on a GPU")
+    torch._dynamo.reset()
+    op = torch.ops.vdm_fast.reverse_step_triton if name == "triton" else torch.ops.vdm_fast.reverse_step
+    (z, m, coeffs), _ = make_inputs((4, 3, 5, 5), torch.float32, device, cfg=False, cg=False)
+    seed = torch.tensor(42, dtype=torch.int64)
+
+    def step(z, m, coeffs, seed):
+        return op(z, m, coeffs, clip=1.0, seed=seed, offset=0)
+
+    with torch.no_grad():
+        got = torch.compile(step, fullgraph=True)(z, m, coeffs, seed)
+        want = step(z, m, coeffs, seed)
+    assert torch.equal(got, want)
 
 
 # --- agreement with diffusers' schedulers (the benchmark's coefficient helpers) ------------------------
@@ -497,12 +628,17 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 from vdm_fast.kernels.reverse_step import _reverse_step_kernel
 
-for data, flags in [("*fp32", (1, 1, 1, 1)), ("*fp16", (0, 0, 0, 0)), ("*fp64", (0, 0, 1, 1)), ("*bf16", (1, 0, 1, 0))]:
+# flags: CFG, CG, CLIP, NOISE (tensor), PHILOX (in-kernel), ALIGNED4 (whole Philox blocks per program)
+for data, flags in [("*fp32", (1, 1, 1, 1, 0, 1)), ("*fp16", (0, 0, 0, 0, 0, 1)), ("*fp64", (0, 0, 1, 1, 0, 0)),
+                    ("*bf16", (1, 0, 1, 0, 0, 1)), ("*fp32", (1, 0, 1, 0, 1, 1)), ("*fp16", (0, 0, 1, 0, 1, 0)),
+                    ("*fp64", (0, 1, 0, 0, 1, 1))]:
     acc = "*fp64" if data == "*fp64" else "*fp32"
     sig = {"out_ptr": data, "z_ptr": data, "m_ptr": data, "u_ptr": data, "g_ptr": data, "n_ptr": data,
-           "coeff_ptr": acc, "w_ptr": acc, "gs_ptr": acc, "clip": "fp64", "B": "i64", "D": "i64", "chunks": "i64",
-           "CFG": "constexpr", "CG": "constexpr", "CLIP": "constexpr", "NOISE": "constexpr", "BLOCK": "constexpr"}
-    consts = dict(zip(("CFG", "CG", "CLIP", "NOISE"), map(bool, flags)), BLOCK=1024)
+           "coeff_ptr": acc, "w_ptr": acc, "gs_ptr": acc, "clip": "fp64", "seed_ptr": "*i64", "off_lo": "i32",
+           "off_hi": "i32", "B": "i64", "D": "i64", "chunks": "i64",
+           "CFG": "constexpr", "CG": "constexpr", "CLIP": "constexpr", "NOISE": "constexpr", "PHILOX": "constexpr",
+           "ALIGNED4": "constexpr", "BLOCK": "constexpr"}
+    consts = dict(zip(("CFG", "CG", "CLIP", "NOISE", "PHILOX", "ALIGNED4"), map(bool, flags)), BLOCK=1024)
     try:
         kernel = compile(ASTSource(_reverse_step_kernel, sig, consts), target=GPUTarget("cuda", 90, 32))
     except RuntimeError as exc:

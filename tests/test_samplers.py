@@ -227,7 +227,7 @@ def test_sample_ancestral_and_ddim_loops(kind, param):
         z = z0.clone()
         for i in range(len(times) - 1):
             t = times[i].expand(5)
-            n = torch.randn(z.shape, generator=gen, dtype=z.dtype)
+            n = vdm_fast.randn_like(z, gen)  # the stream the kernel draws from
             g_t, g_s = g[i].expand(5), g[i + 1].expand(5)
             if name == "ancestral":
                 z = tb_ancestral(param, z, model(z, t), n, g_t, g_s, "posterior", 1.5)
@@ -276,14 +276,14 @@ def test_sample_pc_loop_is_score_sde(norm):
         a = ab_t / ab_s
         for _ in range(2):
             s = model(z, t)
-            n = torch.randn(z.shape, generator=gen, dtype=z.dtype)
+            n = vdm_fast.randn_like(z, gen)  # the stream the kernel draws from
             sn, nn_ = s.norm(dim=1), n.norm(dim=1)
             if norm == "batch":
                 sn, nn_ = sn.mean(), nn_.mean()
             step = 2 * a * (0.2 * nn_ / sn) ** 2
             z = z + col(step.expand(5), z) * s + col((2 * step).sqrt().expand(5), z) * n
         s = model(z, t)
-        n = torch.randn(z.shape, generator=gen, dtype=z.dtype)
+        n = vdm_fast.randn_like(z, gen)  # the stream the kernel draws from
         beta = 1 - a
         z = (2 - (1 - beta).sqrt()) * z + beta * s + beta.sqrt() * n
     torch.testing.assert_close(got, z, rtol=1e-9, atol=1e-9)
@@ -305,7 +305,7 @@ def test_sample_annealed_langevin_loop_is_ncsn():
         a2 = abar(g[i])
         step_ve = 1e-4 * sig_ve[i] ** 2 / sig_ve[-1] ** 2
         for _ in range(3):
-            n = torch.randn(z.shape, generator=gen, dtype=z.dtype)
+            n = vdm_fast.randn_like(z, gen)  # the stream the kernel draws from
             x = z / a2.sqrt()
             x = x + step_ve / 2 * model(z, times[i].expand(5)) * a2.sqrt() + step_ve.sqrt() * n
             z = x * a2.sqrt()
@@ -322,7 +322,7 @@ def test_sample_langevin_loop():
     gen = torch.Generator().manual_seed(2)
     z = z0.clone()
     for _ in range(5):
-        n = torch.randn(z.shape, generator=gen, dtype=z.dtype)
+        n = vdm_fast.randn_like(z, gen)  # the stream the kernel draws from
         z = z + col(step / 2, z) * model(z, torch.full((4,), 0.4)) + col(step.sqrt(), z) * n
     torch.testing.assert_close(got, z, rtol=1e-9, atol=1e-9)
 

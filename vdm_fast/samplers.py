@@ -30,10 +30,13 @@ still carrying the noise sigma_0 of the schedule; decode it as VDM does), for a 
 ending in -1 it is the sample x.
 
 No host-device synchronisation inside a loop: gamma and the coefficient tables for the whole
-grid are built on the data's device before the first step, the noise is drawn with ``torch.randn``
-on that device and always handed to ``reverse_step`` (its ``noise=None`` path looks at c_n on the
-host; deterministic samplers pass one zero tensor allocated before the loop). The only per-step
-coefficient work is the predictor-corrector's step-size rule, done with torch ops on the device.
+grid are built on the data's device before the first step, and the noise is drawn inside
+``reverse_step``'s kernel (counter-based Philox, DESIGN.md §6: one 64-bit seed drawn from
+``generator`` per stochastic step, the same samples on every backend for the same generator
+state). Each loop tells ``reverse_step`` whether its steps are stochastic, so nothing looks at c_n
+on the host. The only per-step coefficient work is the predictor-corrector's step-size rule, done
+with torch ops on the device (its corrector needs the noise's norm, so there the noise is drawn
+first with ``vdm_fast.randn_like``, the same stream).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from . import guidance as _guidance
+from .ops.noise import randn_like
 from .ops.reverse_step import reverse_step
 from .schedules import DiscreteSchedule, Schedule
 
@@ -402,20 +406,6 @@ def _per_sample(name, value, batch, device, dtype) -> torch.Tensor:
     return v.contiguous()
 
 
-class _Noise:
-    """Per-step noise, drawn on the data's device (never a host decision inside the loop)."""
-
-    def __init__(self, z, generator, stochastic: bool):
-        self.z, self.generator = z, generator
-        self.zero = None if stochastic else torch.zeros_like(z)
-
-    def __call__(self) -> torch.Tensor:
-        if self.zero is not None:
-            return self.zero
-        z = self.z
-        return torch.randn(z.shape, generator=self.generator, device=z.device, dtype=z.dtype)
-
-
 def _range(n: int, progress: bool, desc: str):
     if not progress:
         return range(n)
@@ -431,12 +421,12 @@ def _run_two_level(coeff_fn, model, z, schedule, times, *, parameterization, gui
     ev = _Evaluator(model, parameterization, guidance_scale, classifier, classifier_scale, z)
     with torch.no_grad():
         table = coeff_fn(grid.gamma[:-1], grid.gamma[1:])  # (K, 6, B)
-    noise = _Noise(z, generator, stochastic)
     with torch.no_grad():
         for i in _range(grid.steps, progress, desc):
             alpha, sigma = grid.alpha_sigma(i)
             m, kw = ev(z, grid.times[i], alpha, sigma)
-            z = reverse_step(z, m, table[i], clip=clip, noise=noise(), backend=backend, **kw)
+            z = reverse_step(z, m, table[i], clip=clip, generator=generator, stochastic=stochastic, backend=backend,
+                             **kw)
             if callback is not None:
                 callback(i, grid.times[i + 1], z)
     return z
@@ -498,10 +488,9 @@ def sample_langevin(model, z: torch.Tensor, schedule, t, n_steps: int, step_size
     with torch.no_grad():
         coeffs = langevin_coeffs(grid.gamma[0], step, parameterization)
         alpha, sigma = grid.alpha_sigma(0)
-        noise = _Noise(z, generator, True)
         for k in _range(n_steps, progress, "langevin"):
             m, kw = ev(z, grid.times[0], alpha, sigma)
-            z = reverse_step(z, m, coeffs, noise=noise(), backend=backend, **kw)
+            z = reverse_step(z, m, coeffs, generator=generator, stochastic=True, backend=backend, **kw)
             if callback is not None:
                 callback(k, grid.times[0], z)
     return z
@@ -522,7 +511,6 @@ def sample_annealed_langevin(model, z: torch.Tensor, schedule, times, *, n_steps
         raise ValueError(f"n_steps_each must be a positive int, got {n_steps_each!r}")
     grid = _Grid(schedule, times, z)
     ev = _Evaluator(model, parameterization, guidance_scale, classifier, classifier_scale, z)
-    noise = _Noise(z, generator, True)
     with torch.no_grad():
         steps = annealed_langevin_step_sizes(grid.gamma, epsilon)
         table = langevin_coeffs(grid.gamma, steps, parameterization)  # (L, 6, B)
@@ -531,7 +519,7 @@ def sample_annealed_langevin(model, z: torch.Tensor, schedule, times, *, n_steps
             i = k // n_steps_each
             alpha, sigma = grid.alpha_sigma(i)
             m, kw = ev(z, grid.times[i], alpha, sigma)
-            z = reverse_step(z, m, table[i], noise=noise(), backend=backend, **kw)
+            z = reverse_step(z, m, table[i], generator=generator, stochastic=True, backend=backend, **kw)
             if callback is not None:
                 callback(k, grid.times[i], z)
         if denoise:
@@ -545,8 +533,8 @@ def _denoise(ev: _Evaluator, z, grid: _Grid, parameterization: str, backend) -> 
     a_z, a_m = x0_coeffs(parameterization, alpha, sigma)
     zero = torch.zeros_like(alpha)
     m, kw = ev(z, grid.times[-1], alpha, sigma)
-    return reverse_step(z, m, _stack(a_z, a_m, zero, zero, torch.ones_like(alpha), zero),
-                        noise=torch.zeros_like(z), backend=backend, **kw)
+    return reverse_step(z, m, _stack(a_z, a_m, zero, zero, torch.ones_like(alpha), zero), stochastic=False,
+                        backend=backend, **kw)
 
 
 def sample_pc(model, z: torch.Tensor, schedule, times, *, snr: float = 0.16, n_corrector: int = 1,
@@ -569,7 +557,6 @@ def sample_pc(model, z: torch.Tensor, schedule, times, *, snr: float = 0.16, n_c
         raise ValueError(f"n_corrector must be an int >= 0, got {n_corrector!r}")
     grid = _Grid(schedule, times, z)
     ev = _Evaluator(model, parameterization, guidance_scale, classifier, classifier_scale, z)
-    noise = _Noise(z, generator, True)
     cdt = grid.cdt
 
     def norms(x: torch.Tensor) -> torch.Tensor:
@@ -585,12 +572,12 @@ def sample_pc(model, z: torch.Tensor, schedule, times, *, snr: float = 0.16, n_c
             for _ in range(n_corrector):
                 m = ev.combined(z, t, alpha, sigma)
                 score = _bcast(s_z, z) * z.to(cdt) + _bcast(s_m, z) * m.to(cdt)
-                n = noise()
+                n = randn_like(z, generator)  # materialised: the step size needs its norm
                 coeffs = langevin_corrector_coeffs(grid.gamma[i], grid.gamma[i + 1], norms(score), norms(n), snr,
                                                    parameterization)
                 z = reverse_step(z, m, coeffs, noise=n, backend=backend)
             m, kw = ev(z, t, alpha, sigma)
-            z = reverse_step(z, m, predictor[i], noise=noise(), backend=backend, **kw)
+            z = reverse_step(z, m, predictor[i], generator=generator, stochastic=True, backend=backend, **kw)
             if callback is not None:
                 callback(i, grid.times[i + 1], z)
     return z
@@ -612,7 +599,6 @@ def sample_ode(model, z: torch.Tensor, schedule, times, *, method: str = "heun",
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     grid = _Grid(schedule, times, z)
     ev = _Evaluator(model, parameterization, guidance_scale, classifier, classifier_scale, z)
-    zero = torch.zeros_like(z)
     last_clean = False
     if method == "heun" and not grid.times.is_floating_point():
         last = grid.times[-1]
@@ -625,7 +611,7 @@ def sample_ode(model, z: torch.Tensor, schedule, times, *, method: str = "heun",
         for i in _range(grid.steps, progress, f"ode ({method})"):
             alpha, sigma = grid.alpha_sigma(i)
             m, kw = ev(z, grid.times[i], alpha, sigma)
-            z_pred = reverse_step(z, m, euler[i], clip=clip, noise=zero, backend=backend, **kw)
+            z_pred = reverse_step(z, m, euler[i], clip=clip, stochastic=False, backend=backend, **kw)
             if method == "heun" and not (last_clean and i == grid.steps - 1):
                 alpha_s, sigma_s = grid.alpha_sigma(i + 1)
                 m2, kw2 = ev(z_pred, grid.times[i + 1], alpha_s, sigma_s)

@@ -141,8 +141,11 @@ void philox_normals(uint64_t seed, uint64_t offset, int64_t first, int64_t n, fl
   int64_t i = first;
   const int64_t end = first + n;
   float part[4];
+  // Partial blocks go through normals_blocks too, never the scalar philox::philox_normal4: the
+  // clones of normals_from_words may contract to FMA, so only one code path gives every element
+  // the same bits whatever the split (tiles, threads, samples).
   if (i % 4 != 0 && i < end) {  // head: the rest of a partly wanted block
-    philox::philox_normal4(seed, offset, static_cast<uint64_t>(i / 4), part);
+    normals_blocks(seed, offset, static_cast<uint64_t>(i / 4), 1, part);
     const int64_t len = std::min<int64_t>(4 - i % 4, end - i);
     std::memcpy(out, part + i % 4, sizeof(float) * len);
     i += len;
@@ -153,7 +156,7 @@ void philox_normals(uint64_t seed, uint64_t offset, int64_t first, int64_t n, fl
     i += 4 * whole;
   }
   if (i < end) {  // tail: the start of a partly wanted block
-    philox::philox_normal4(seed, offset, static_cast<uint64_t>(i / 4), part);
+    normals_blocks(seed, offset, static_cast<uint64_t>(i / 4), 1, part);
     std::memcpy(out + (i - first), part, sizeof(float) * (end - i));
   }
 }

@@ -2,12 +2,14 @@
 // one pass. Launched on the current stream; 64-bit indices; 16-byte vector loads and stores when
 // every data pointer is aligned and D is a multiple of the vector width (then a vector never
 // straddles two samples). One kernel per combination of optional inputs (CFG, classifier
-// guidance, clip, noise), as on the CPU.
+// guidance, clip, noise), as on the CPU. With a seed, a second kernel draws the noise in-kernel:
+// one thread per Philox block of 4 elements (csrc/cuda/noise.cuh), drawing only where c_n != 0.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include "common.h"
+#include "cuda/noise.cuh"
 #include "cuda/per_sample.cuh"
 #include "reverse_step.h"
 #include "reverse_step_math.h"
@@ -47,15 +49,79 @@ __global__ void reverse_step_kernel(scalar_t* __restrict__ out, const scalar_t* 
   }
 }
 
+// The update of element i with noise from n[] (Philox normals, rounded to the data dtype first so
+// the result equals the step with that noise as a tensor).
+template <typename scalar_t, typename acc_t, bool CFG, bool CG, bool CLIP>
+__device__ __forceinline__ scalar_t philox_step_element(acc_t z, acc_t m, acc_t u, acc_t g, float n,
+                                                        const StepScalars<acc_t>& s) {
+  acc_t r = step_mean<CFG, CG, CLIP, acc_t>(z, m, u, g, s);
+  r = r + s.c_n * static_cast<acc_t>(static_cast<scalar_t>(n));
+  return static_cast<scalar_t>(r);
+}
+
+// One thread per Philox block j: elements [4j, 4j + 4) of the output's memory. VEC4: D % 4 == 0
+// and 4-element-aligned pointers, so the 4 elements are one vector of one sample; otherwise each
+// element finds its own sample (a block may straddle two) and the tail block is masked. The draw
+// is skipped when no element of the block needs it (c_n == 0).
+template <typename scalar_t, typename acc_t, bool VEC4, bool CFG, bool CG, bool CLIP>
+__global__ void reverse_step_philox_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ z,
+                                           const scalar_t* __restrict__ model_out,
+                                           const scalar_t* __restrict__ uncond, const scalar_t* __restrict__ grad,
+                                           const acc_t* __restrict__ coeffs, const acc_t* __restrict__ w,
+                                           const acc_t* __restrict__ gs, acc_t clip, PhiloxSeed ps,
+                                           uint64_t offset, int64_t B, int64_t D, int64_t N, int64_t n_blocks) {
+  using V = Vec<scalar_t, 4>;
+  const uint64_t seed = ps.get();
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n_blocks; j += stride) {
+    const int64_t i0 = 4 * j;
+    float n[4] = {0.f, 0.f, 0.f, 0.f};
+    if constexpr (VEC4) {
+      const StepScalars<acc_t> s = load_step_scalars<acc_t>(coeffs, B, i0 / D, w, gs, clip);
+      if (needs_noise(s.c_n)) philox::philox_normal4(seed, offset, static_cast<uint64_t>(j), n);
+      const V zv = *reinterpret_cast<const V*>(z + i0);
+      const V mv = *reinterpret_cast<const V*>(model_out + i0);
+      V uv, gv, o;
+      if constexpr (CFG) uv = *reinterpret_cast<const V*>(uncond + i0);
+      if constexpr (CG) gv = *reinterpret_cast<const V*>(grad + i0);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const acc_t u = CFG ? static_cast<acc_t>(uv.v[k]) : acc_t(0);
+        const acc_t g = CG ? static_cast<acc_t>(gv.v[k]) : acc_t(0);
+        o.v[k] = philox_step_element<scalar_t, acc_t, CFG, CG, CLIP>(static_cast<acc_t>(zv.v[k]),
+                                                                     static_cast<acc_t>(mv.v[k]), u, g, n[k], s);
+      }
+      *reinterpret_cast<V*>(out + i0) = o;
+    } else {
+      bool draw = false;  // a block spans up to 4 samples when D < 4
+#pragma unroll
+      for (int k = 0; k < 4; ++k) draw = draw || (i0 + k < N && needs_noise(coeffs[kCN * B + (i0 + k) / D]));
+      if (draw) philox::philox_normal4(seed, offset, static_cast<uint64_t>(j), n);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int64_t i = i0 + k;
+        if (i < N) {
+          const StepScalars<acc_t> s = load_step_scalars<acc_t>(coeffs, B, i / D, w, gs, clip);
+          const acc_t u = CFG ? static_cast<acc_t>(uncond[i]) : acc_t(0);
+          const acc_t g = CG ? static_cast<acc_t>(grad[i]) : acc_t(0);
+          out[i] = philox_step_element<scalar_t, acc_t, CFG, CG, CLIP>(static_cast<acc_t>(z[i]),
+                                                                       static_cast<acc_t>(model_out[i]), u, g, n[k], s);
+        }
+      }
+    }
+  }
+}
+
 at::Tensor reverse_step_cuda(const at::Tensor& z, const at::Tensor& model_out, const at::Tensor& coeffs,
                              const std::optional<at::Tensor>& uncond,
                              const std::optional<at::Tensor>& guidance_scale,
                              const std::optional<at::Tensor>& classifier_grad,
                              const std::optional<at::Tensor>& grad_scale, std::optional<double> clip,
-                             const std::optional<at::Tensor>& noise) {
+                             const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& seed,
+                             int64_t offset) {
   const c10::cuda::CUDAGuard guard(z.device());
   StepInputs in = prepare_reverse_step("vdm_fast::reverse_step", z, model_out, coeffs, uncond, guidance_scale,
-                                       classifier_grad, grad_scale, clip, noise);
+                                       classifier_grad, grad_scale, clip, noise, seed, offset);
   if (in.out.numel() == 0) return in.out;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "reverse_step_cuda", [&] {
@@ -66,7 +132,7 @@ at::Tensor reverse_step_cuda(const at::Tensor& z, const at::Tensor& model_out, c
     const scalar_t* mp = in.model_out.const_data_ptr<scalar_t>();
     const scalar_t* up = in.flags.cfg ? in.uncond.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* gp = in.flags.cg ? in.grad.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* np = in.flags.noise ? in.noise.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* np = in.flags.noise == NoiseSource::kTensor ? in.noise.const_data_ptr<scalar_t>() : nullptr;
     const acc* cp = in.coeffs.const_data_ptr<acc>();
     const acc* wp = in.flags.cfg ? in.guidance_scale.const_data_ptr<acc>() : nullptr;
     const acc* gsp = in.flags.cg ? in.grad_scale.const_data_ptr<acc>() : nullptr;
@@ -76,8 +142,23 @@ at::Tensor reverse_step_cuda(const at::Tensor& z, const at::Tensor& model_out, c
                      (!gp || aligned16(gp)) && (!np || aligned16(np));
     dispatch_step_flags(in.flags, [&](auto cfg, auto cg, auto clp, auto noi) {
       constexpr bool CFG = decltype(cfg)::value, CG = decltype(cg)::value;
-      constexpr bool CLIP = decltype(clp)::value, NOISE = decltype(noi)::value;
-      if (vec) {
+      constexpr bool CLIP = decltype(clp)::value;
+      constexpr bool NOISE = decltype(noi)::value == NoiseSource::kTensor;
+      if constexpr (decltype(noi)::value == NoiseSource::kPhilox) {
+        const PhiloxSeed ps = philox_seed_arg(in.seed);
+        const int64_t n_blocks = (N + 3) / 4;
+        const auto aligned4 = [](const void* p) {
+          return reinterpret_cast<uintptr_t>(p) % (4 * sizeof(scalar_t)) == 0;
+        };
+        if (in.D % 4 == 0 && aligned4(op) && aligned4(zp) && aligned4(mp) && (!up || aligned4(up)) &&
+            (!gp || aligned4(gp))) {
+          reverse_step_philox_kernel<scalar_t, acc, true, CFG, CG, CLIP><<<grid_for(n_blocks), kThreads, 0, stream>>>(
+              op, zp, mp, up, gp, cp, wp, gsp, clip_v, ps, in.offset, in.B, in.D, N, n_blocks);
+        } else {
+          reverse_step_philox_kernel<scalar_t, acc, false, CFG, CG, CLIP><<<grid_for(n_blocks), kThreads, 0, stream>>>(
+              op, zp, mp, up, gp, cp, wp, gsp, clip_v, ps, in.offset, in.B, in.D, N, n_blocks);
+        }
+      } else if (vec) {
         reverse_step_kernel<scalar_t, acc, W, CFG, CG, CLIP, NOISE><<<grid_for(N / W), kThreads, 0, stream>>>(
             op, zp, mp, up, gp, np, cp, wp, gsp, clip_v, in.B, in.D, N / W);
       } else {

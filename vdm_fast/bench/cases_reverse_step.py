@@ -4,8 +4,9 @@ Cases per shape, all epsilon prediction in float32:
 - ``ddim eta=1 clip, noise given`` — with and without classifier-free guidance; diffusers runs
   ``DDIMScheduler.step(..., eta=1, variance_noise=noise)`` (the same work: clip, given noise),
   after the CFG combine ``uncond + w (cond - uncond)`` in torch when guided.
-- ``ddpm clip, noise drawn`` — every provider draws its noise; diffusers runs
-  ``DDPMScheduler.step(..., generator=g)``.
+- ``ddpm clip, noise drawn`` — the ancestral step; every provider draws its noise (ours inside
+  the kernel, Philox); diffusers runs ``DDPMScheduler.step(..., generator=g)``. With ``, cfg``
+  the same after classifier-free guidance (ours: fused; diffusers: the CFG combine in torch).
 - ``ddim eta=0`` — deterministic (no noise, no clip) against ``DDIMScheduler.step(..., eta=0)``.
 
 The coefficients come from the small helpers below, built from ``alphas_cumprod`` exactly as the
@@ -121,14 +122,24 @@ def _case(kind: str, shape, device: str, compiled_ref) -> Case:
 
             providers["diffusers"] = diff
         bytes_moved = (5 if cfg else 4) * n_elem * es  # read z, model_out[, uncond], noise; write z_next
-    elif kind == "ddpm clip, noise drawn":
+    elif kind.startswith("ddpm clip, noise drawn"):
         coeffs = ddpm_step_coeffs(table, t).to(device)
-        providers, ours = _ours(device, lambda b: reverse_step(z, cond, coeffs, clip=1.0, generator=gen, backend=b))
-        providers["eager"] = lambda: reference.reverse_step(z, cond, coeffs, clip=1.0, generator=gen)
-        providers["torch.compile"] = lambda: compiled_ref(z, cond, coeffs, clip=1.0, noise=torch.randn_like(z))
+        kw = dict(uncond=uncond, guidance_scale=w) if cfg else {}
+        ref_kw = dict(uncond=uncond, guidance_scale=w) if cfg else dict(uncond=None, guidance_scale=None)
+        providers, ours = _ours(device, lambda b: reverse_step(z, cond, coeffs, clip=1.0, generator=gen, backend=b,
+                                                               **kw))
+        providers["eager"] = lambda: reference.reverse_step(z, cond, coeffs, clip=1.0, generator=gen, **ref_kw)
+        providers["torch.compile"] = lambda: compiled_ref(z, cond, coeffs, clip=1.0, noise=torch.randn_like(z),
+                                                          **ref_kw)
         if ddpm is not None:
-            providers["diffusers"] = lambda: ddpm.step(cond, t_val, z, generator=gen).prev_sample
-        bytes_moved = 3 * n_elem * es  # read z, model_out; write z_next (noise made in registers)
+
+            def diff():
+                m = uncond + w_val * (cond - uncond) if cfg else cond
+                return ddpm.step(m, t_val, z, generator=gen).prev_sample
+
+            providers["diffusers"] = diff
+        # read z, model_out[, uncond]; write z_next (the noise is made in registers)
+        bytes_moved = (4 if cfg else 3) * n_elem * es
     elif kind == "ddim eta=0":
         coeffs = ddim_step_coeffs(table, t, torch.full((B,), prev_val), eta=0.0).to(device)
         providers, ours = _ours(device, lambda b: reverse_step(z, cond, coeffs, stochastic=False, backend=b))
@@ -153,7 +164,8 @@ def _fallback_table() -> torch.Tensor:
     return torch.cumprod(1 - betas, 0)
 
 
-KINDS = ("ddim eta=1 clip, noise given", "ddim eta=1 clip, noise given, cfg", "ddpm clip, noise drawn", "ddim eta=0")
+KINDS = ("ddim eta=1 clip, noise given", "ddim eta=1 clip, noise given, cfg", "ddpm clip, noise drawn",
+         "ddpm clip, noise drawn, cfg", "ddim eta=0")
 
 
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:

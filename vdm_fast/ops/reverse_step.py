@@ -18,16 +18,18 @@ import torch
 from .. import _checks, backends, reference
 from .._layout import empty_out_like
 from ._registry import Implementations, native_defined, triton_kernels
+from .noise import draw_seed
 
 NAME = "reverse_step"
 
 
-def _reference(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise):
-    # Here noise=None means "no noise term": the public function has already decided that nothing
-    # is drawn. The reference would look at c_n again on the host (a device sync, and a graph
-    # break under torch.compile), so it gets zeros instead, which is the same update.
+def _reference(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, seed=None,
+               offset=0):
+    # The op's contract: noise given, or drawn from seed (the randn_like stream, rounded to z's
+    # dtype), or neither: no noise term. For "neither" the reference gets zeros (the same update)
+    # rather than noise=None, with which it would look at c_n on the host to decide whether to draw.
     if noise is None:
-        noise = torch.zeros_like(z)
+        noise = reference.randn_like(z, seed, offset) if seed is not None else torch.zeros_like(z)
     return reference.reverse_step(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip,
                                   noise)
 
@@ -36,7 +38,7 @@ impls = Implementations(NAME, {"reference": _reference})
 
 
 def _fake(z, model_out, coeffs, uncond=None, guidance_scale=None, classifier_grad=None, grad_scale=None, clip=None,
-          noise=None):
+          noise=None, seed=None, offset=0):
     return empty_out_like(z)
 
 
@@ -83,7 +85,8 @@ def _draws_noise(coeffs_arg, coeffs: torch.Tensor, stochastic) -> bool:
     decides when given. Otherwise c_n is inspected where that is free: a Python number in a
     sequence of coefficients, or coefficients on the CPU (eagerly; under torch.compile the check
     would break the graph). Coefficients on an accelerator are assumed stochastic: reading them
-    would synchronise the device every step.
+    would synchronise the device every step, while a needless seed costs one tiny draw (the kernel
+    skips samples with c_n = 0 on its own).
     """
     if stochastic is not None:
         return stochastic
@@ -120,18 +123,21 @@ def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=Non
             w per sample (float or (B,)); both or neither.
         classifier_grad, grad_scale: classifier guidance, m += grad_scale * classifier_grad.
         clip: clamp x̂ to [-clip, clip] (None: no clipping).
-        noise: the noise n of the update, same shape/dtype/device as z. None: drawn when the step
-            is stochastic (see ``stochastic``). INTERIM: the draw is a separate
-            ``torch.randn(z.shape, dtype=z.dtype, generator=generator)`` before the fused kernel
-            (one more pass over memory), until the in-kernel Philox draw of DESIGN.md §6 lands.
-        generator: the torch.Generator for drawn noise.
+        noise: the noise n of the update, same shape/dtype/device as z. None: drawn inside the
+            kernel when the step is stochastic (see ``stochastic``), from counter-based Philox
+            (DESIGN.md §6): the same numbers on every backend, equal to
+            ``vdm_fast.randn_like(z, generator)`` for the same generator state, and nothing is
+            drawn for samples whose c_n is 0.
+        generator: the torch.Generator the 64-bit seed of drawn noise comes from (one draw per
+            stochastic call); default: torch's default CPU generator.
         stochastic: whether some c_n is non-zero, i.e. whether noise must be drawn when ``noise``
             is None. None (default): looked up where that costs no device sync — c_n given as a
             Python number, or coefficients on the CPU — and otherwise (coefficients on a GPU, or
-            under torch.compile) assumed True, so noise is drawn and multiplied by c_n even if it
-            is 0. Samplers pass it from what they know (DDIM with eta = 0: False). False: nothing
-            is drawn and the c_n term is left out; it is an error to pass noise with it, and on
-            the CPU a non-zero c_n with it.
+            under torch.compile) assumed True: a seed is drawn from the generator, and the kernel
+            still draws nothing for samples whose c_n is 0. Samplers pass it from what they know
+            (DDIM with eta = 0: False). False: no seed is drawn (the generator does not advance)
+            and the c_n term is left out, whatever c_n holds (it is not read: no device sync);
+            it is an error to pass noise with it.
         backend: see :mod:`vdm_fast.backends`.
 
     Returns:
@@ -168,13 +174,10 @@ def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=Non
     _reject_grad((("z", z), ("model_out", model_out), ("coeffs", coeffs), ("uncond", uncond),
                   ("guidance_scale", guidance_scale), ("classifier_grad", classifier_grad),
                   ("grad_scale", grad_scale), ("noise", noise)))
-    if stochastic is False:
-        if noise is not None:
-            raise ValueError(f"{NAME}: stochastic=False but noise was given; pass one or the other")
-        if coeffs.device.type == "cpu" and not torch.compiler.is_compiling() and bool(coeffs[5].any()):
-            raise ValueError(f"{NAME}: stochastic=False but some c_n (coeffs row 5) is non-zero")
-    elif noise is None and _draws_noise(coeffs_arg, coeffs, stochastic):
-        # Interim (see the docstring): drawn here until the kernels draw Philox noise in-kernel.
-        noise = torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
+    if stochastic is False and noise is not None:
+        raise ValueError(f"{NAME}: stochastic=False but noise was given; pass one or the other")
+    seed = None
+    if noise is None and stochastic is not False and _draws_noise(coeffs_arg, coeffs, stochastic):
+        seed = draw_seed(generator, NAME)  # the kernel draws the noise from it
     impl = impls(backends.resolve(backend, z.device, NAME))
-    return impl(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise)
+    return impl(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, seed, 0)
