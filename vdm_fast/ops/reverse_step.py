@@ -125,7 +125,7 @@ def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=Non
         clip: clamp x̂ to [-clip, clip] (None: no clipping).
         noise: the noise n of the update, same shape/dtype/device as z. None: drawn inside the
             kernel when the step is stochastic (see ``stochastic``), from counter-based Philox
-            (DESIGN.md §6): the same numbers on every backend, equal to
+            (DESIGN.md §6): the same stream on every backend (normals equal to float32 rounding), equal to
             ``vdm_fast.randn_like(z, generator)`` for the same generator state, and nothing is
             drawn for samples whose c_n is 0.
         generator: the torch.Generator the 64-bit seed of drawn noise comes from (one draw per
