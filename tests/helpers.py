@@ -9,6 +9,8 @@ Equality rules (README "Testing"):
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -58,3 +60,11 @@ def assert_within_2x_of_torch(ours: torch.Tensor, torch_native: torch.Tensor, tr
     assert ours_err <= 2 * torch_err + resolution, (
         f"{msg}: error {ours_err:.3e} exceeds 2x PyTorch's own {torch_err:.3e} (+{resolution:.1e})"
     )
+
+
+def skip_compile_under_interpreter(backend_name: str) -> None:
+    """torch.compile traces into triton_op kernels, which the Triton interpreter cannot run on
+    fake tensors: compile tests of the Triton backend run on a GPU only."""
+    if backend_name == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("torch.compile traces into triton_op kernels, which the Triton interpreter cannot run on fake "
+                    "tensors; this runs on a GPU")

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
 import vdm_fast
 from vdm_fast import reference
-from helpers import DTYPES, LOW_PRECISION, assert_tight, assert_within_2x_of_torch, backend_params
+from helpers import (
+    DTYPES, LOW_PRECISION, assert_tight, assert_within_2x_of_torch, backend_params, skip_compile_under_interpreter,
+)
 
 BACKENDS = backend_params("q_sample")
 SHAPES = [(1, 3), (7, 13), (5, 3, 11, 7), (2, 3, 5, 7, 3), (3, 1, 1, 1), (4, 2053)]
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def make_inputs(shape, dtype, device, requires_grad=False, coeff_dtype=None):
@@ -170,9 +170,7 @@ def test_opcheck_triton():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_compile_fullgraph(backend):
     name, device = backend
-    if name == "triton" and INTERPRETED:
-        pytest.skip("torch.compile traces into triton_op kernels, which the Triton interpreter cannot run on fake "
-                    "tensors; this runs on a GPU")
+    skip_compile_under_interpreter(name)
     torch._dynamo.reset()
 
     def loss(x0, alpha, sigma, noise):

@@ -13,12 +13,13 @@ import torch
 import vdm_fast
 from vdm_fast import _library, backends, reference
 from vdm_fast.ops.reverse_step import reverse_step
-from helpers import LOW_PRECISION, assert_tight, assert_within_2x_of_torch, backend_params
+from helpers import (
+    LOW_PRECISION, assert_tight, assert_within_2x_of_torch, backend_params, skip_compile_under_interpreter,
+)
 
 BACKENDS = backend_params("reverse_step")
 ALL_BACKENDS = backend_params("reverse_step", include_reference=True)
 SHAPES = [(1, 3), (7, 13), (5, 3, 11, 7), (2, 3, 5, 7, 3), (3, 1, 1, 1), (4, 2053)]
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 CLIP = 0.7  # small enough that the clamp is active on many elements
 # (cfg, classifier guidance, clip, noise given) — noise off means every c_n is 0.
 COMBOS = list(itertools.product([False, True], repeat=4))
@@ -431,9 +432,7 @@ def test_opcheck_triton():
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_compile_fullgraph(backend):
     name, device = backend
-    if name == "triton" and INTERPRETED:
-        pytest.skip("torch.compile traces into triton_op kernels, which the Triton interpreter cannot run on fake "
-                    "tensors; this runs on a GPU")
+    skip_compile_under_interpreter(name)
     torch._dynamo.reset()
 
     def step(z, m, coeffs, u, w, noise):
@@ -455,7 +454,6 @@ def test_compile_fullgraph(backend):
     z, m, coeffs = args
 
     with torch.no_grad():
-        coeffs = coeffs.clone()
         coeffs_no_noise = coeffs.clone()
         coeffs_no_noise[5] = 0
 
@@ -471,9 +469,7 @@ def test_compile_fullgraph(backend):
 def test_compile_fullgraph_op_with_seed(backend):
     """The op with an explicit seed under torch.compile equals the eager op: same noise."""
     name, device = backend
-    if name == "triton" and INTERPRETED:
-        pytest.skip("torch.compile traces into triton_op kernels, which the Triton interpreter cannot run on fake "
-                    "tensors; this runs on a GPU")
+    skip_compile_under_interpreter(name)
     torch._dynamo.reset()
     op = torch.ops.vdm_fast.reverse_step_triton if name == "triton" else torch.ops.vdm_fast.reverse_step
     (z, m, coeffs), _ = make_inputs((4, 3, 5, 5), torch.float32, device, cfg=False, cg=False)
