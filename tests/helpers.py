@@ -68,3 +68,16 @@ def skip_compile_under_interpreter(backend_name: str) -> None:
     if backend_name == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("torch.compile traces into triton_op kernels, which the Triton interpreter cannot run on fake "
                     "tensors; this runs on a GPU")
+
+
+def assert_compiled_matches_eager(loss, args, wrt) -> None:
+    """torch.compile(loss, fullgraph=True) gives eager's loss and gradients with respect to the
+    tensors `wrt` (some of `args`): the one compile test every op has."""
+    torch._dynamo.reset()
+    got_loss = torch.compile(loss, fullgraph=True)(*args)
+    got = torch.autograd.grad(got_loss, wrt)
+    want_loss = loss(*args)
+    want = torch.autograd.grad(want_loss, wrt)
+    assert_tight(got_loss, want_loss)
+    for g, w in zip(got, want):
+        assert_tight(g, w)

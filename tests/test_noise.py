@@ -163,6 +163,38 @@ def test_stream_bit_identical_across_backends(source):
         assert torch.equal(source(seed, offset, first, n), reference_bits(seed, offset, first, n))
 
 
+_CPU_PATHS_SCRIPT = """
+import sys, torch, vdm_fast
+cases = [(0x0123456789ABCDEF, 7, 2**32 - 300, 601), (5, 2**40 + 3, 2**64 - 9, 17), (1, 2, 3, 1), (9, 0, 0, 7)]
+signed = lambda v: v - 2**64 if v >= 2**63 else v
+words = [torch.ops.vdm_fast.philox_bits(torch.tensor(signed(s)), signed(o), signed(f), n) for s, o, f, n in cases]
+normals = vdm_fast.randn_like(torch.empty(4099), generator=torch.Generator().manual_seed(8))
+torch.save({"cases": cases, "words": words, "normals": normals}, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(not vdm_fast._library.has_native_kernel("philox_bits", "CPU"), reason="not built")
+def test_every_cpu_philox_path_gives_the_same_stream(tmp_path):
+    """The CPU Philox has scalar, AVX2 and AVX-512 paths, picked by the CPU and capped by
+    ATEN_CPU_CAPABILITY: each (that this CPU runs) gives the oracle's words, tails of 1..15 blocks
+    and counter carries included, and so bit-identical normals."""
+    import subprocess
+    import sys
+
+    results = {}
+    for cap in ("default", "avx2", ""):
+        env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+        if cap:
+            env["ATEN_CPU_CAPABILITY"] = cap
+        path = tmp_path / f"{cap or 'best'}.pt"
+        subprocess.run([sys.executable, "-c", _CPU_PATHS_SCRIPT, str(path)], env=env, check=True, timeout=300)
+        results[cap] = torch.load(path)
+    for cap, res in results.items():
+        for (seed, offset, first, n), got in zip(res["cases"], res["words"]):
+            assert torch.equal(as_u32(got), reference_bits(seed, offset, first, n)), (cap, seed, first, n)
+        assert torch.equal(res["normals"], results["default"]["normals"]), cap
+
+
 def test_words_are_uniform_bits():
     words = reference_bits(0xDEADBEEF, 0, 0, 1 << 16)
     bits = torch.stack([(words >> k) & 1 for k in range(32)], 1).double()

@@ -10,6 +10,7 @@ import vdm_fast
 from vdm_fast import reference
 from helpers import (
     LOW_PRECISION, assert_tight, assert_within_2x_of_torch, backend_params, skip_compile_under_interpreter,
+    assert_compiled_matches_eager,
 )
 
 BACKENDS = backend_params("prior_kl")
@@ -225,20 +226,12 @@ def test_opcheck_triton():
 def test_compile_fullgraph(backend):
     name, device = backend
     skip_compile_under_interpreter(name)
-    torch._dynamo.reset()
 
     def loss(x0, alpha, sigma):
         return (vdm_fast.prior_kl(x0, alpha, sigma, backend=name) * sigma).mean()
 
     inputs = make_inputs((4, 3, 8, 8), torch.float32, device, requires_grad=True)
-    compiled = torch.compile(loss, fullgraph=True)
-    got_loss = compiled(*inputs)
-    got = torch.autograd.grad(got_loss, inputs)
-    want_loss = loss(*inputs)
-    want = torch.autograd.grad(want_loss, inputs)
-    assert_tight(got_loss, want_loss)
-    for g, w in zip(got, want):
-        assert_tight(g, w)
+    assert_compiled_matches_eager(loss, inputs, inputs)
 
 
 @pytest.mark.parametrize(

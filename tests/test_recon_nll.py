@@ -15,6 +15,7 @@ import vdm_fast
 from vdm_fast import reference
 from helpers import (
     LOW_PRECISION, assert_tight, assert_within_2x_of_torch, backend_params, skip_compile_under_interpreter,
+    assert_compiled_matches_eager,
 )
 
 BACKENDS = backend_params("recon_nll")
@@ -298,20 +299,12 @@ def test_opcheck_triton():
 def test_compile_fullgraph(backend):
     name, device = backend
     skip_compile_under_interpreter(name)
-    torch._dynamo.reset()
 
     def loss(x0, z0, alpha, sigma):
         return (vdm_fast.recon_nll(x0, z0, alpha, sigma, backend=name) ** 2).sum()
 
     x0, *diff = make_inputs((4, 3, 8, 8), torch.float32, device, requires_grad=True)
-    compiled = torch.compile(loss, fullgraph=True)
-    got_loss = compiled(x0, *diff)
-    got = torch.autograd.grad(got_loss, diff)
-    want_loss = loss(x0, *diff)
-    want = torch.autograd.grad(want_loss, diff)
-    assert_tight(got_loss, want_loss)
-    for g, w in zip(got, want):
-        assert_tight(g, w)
+    assert_compiled_matches_eager(loss, (x0, *diff), diff)
 
 
 # --- bad input: a clear error naming the argument ---------------------------------------------

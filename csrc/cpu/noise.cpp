@@ -2,16 +2,19 @@
 // the ops randn_like and philox_bits.
 //
 // Vectorisation: a tile of blocks is generated structure-of-arrays (one array per counter word,
-// one lane per block) — AVX2 intrinsics when the CPU has AVX2 (checked at run time), else a loop
-// GCC vectorises — then turned into normals by a second loop, VDM_FAST_CPU_CLONES (baseline /
-// AVX2 / AVX-512, chosen at load time). No -march=native anywhere.
+// one lane per block) — AVX-512F or AVX2 intrinsics when the CPU has them (checked at run time),
+// else a scalar loop — then turned into normals by a second loop, VDM_FAST_CPU_CLONES (baseline /
+// AVX2 / AVX-512, chosen at load time). The words are integers, exact on every path, so the path
+// taken never changes a bit of the stream. No -march=native anywhere.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "common.h"
 #include "cpu/noise.h"
@@ -21,7 +24,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(VDM_FAST_NO_CLONES)
 #include <immintrin.h>
-#define VDM_FAST_PHILOX_AVX2 1  // an AVX2 Philox, chosen at run time (__builtin_cpu_supports)
+#define VDM_FAST_PHILOX_X86 1  // AVX-512 / AVX2 Philox, chosen at run time (__builtin_cpu_supports)
 #endif
 
 namespace vdm_fast {
@@ -46,18 +49,60 @@ VDM_FAST_CPU_CLONES void words_soa_generic(uint64_t seed, uint64_t offset, uint6
   }
 }
 
-#if defined(VDM_FAST_PHILOX_AVX2)
-// (hi, lo) halves of the 32x32->64 products a * m, 8 lanes: vpmuludq on the even lanes and on the
-// odd lanes shifted down, then the halves blended back into place.
-__attribute__((target("avx2"))) inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
-  const __m256i even = _mm256_mul_epu32(a, m);
-  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+#if defined(VDM_FAST_PHILOX_X86)
+// The SIMD Philox keeps each counter word in the low half of a 64-bit lane: vpmuludq then yields a
+// round's whole 32x32->64 product in one instruction, its high half is one shift away, and the
+// garbage the xors leave in the upper halves never reaches a low half (vpmuludq ignores it).
+// Blocks first+0, +2, +4, ... go in the `even` registers, +1, +3, ... in the `odd` ones; at the
+// end the odd words are shifted up and blended in, so lane j holds block first + j. A round of
+// 8 blocks is 16 AVX2 instructions (18 when 32-bit lanes have their products split and
+// re-blended); with AVX-512 a round of 16 blocks is 12, vpternlogd doing each three-way xor.
+
+// words_soa_generic with AVX-512F, 16 blocks per step (vpternlogd does each round's three-way xor).
+__attribute__((target("avx512f"))) void words_soa_avx512(uint64_t seed, uint64_t offset, uint64_t first_block,
+                                                         int64_t n, uint32_t* __restrict w0, uint32_t* __restrict w1,
+                                                         uint32_t* __restrict w2, uint32_t* __restrict w3) {
+  __m512i key0[philox::kRounds], key1[philox::kRounds];
+  uint32_t k0 = philox::lo32(seed), k1 = philox::hi32(seed);
+  for (int r = 0; r < philox::kRounds; ++r, k0 += philox::kWeyl0, k1 += philox::kWeyl1) {
+    key0[r] = _mm512_set1_epi32(static_cast<int>(k0));
+    key1[r] = _mm512_set1_epi32(static_cast<int>(k1));
+  }
+  const __m512i m0 = _mm512_set1_epi64(philox::kMul0), m1 = _mm512_set1_epi64(philox::kMul1);
+  const __m512i o0 = _mm512_set1_epi32(static_cast<int>(philox::lo32(offset)));
+  const __m512i o1 = _mm512_set1_epi32(static_cast<int>(philox::hi32(offset)));
+  const __m512i even_steps = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m512i odd_steps = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+  uint32_t* const w[4] = {w0, w1, w2, w3};
+  constexpr int kXor3 = 0x96;  // vpternlogd truth table of a ^ b ^ c
+  for (int64_t k = 0; k < n; k += 16) {
+    const __m512i block = _mm512_set1_epi64(static_cast<long long>(first_block + static_cast<uint64_t>(k)));
+    __m512i e[4], o[4];
+    e[0] = _mm512_add_epi64(block, even_steps);  // low half: lo32(block); the high half is ignored
+    o[0] = _mm512_add_epi64(block, odd_steps);
+    e[1] = _mm512_srli_epi64(e[0], 32);  // hi32(block), carries included
+    o[1] = _mm512_srli_epi64(o[0], 32);
+    e[2] = o[2] = o0;
+    e[3] = o[3] = o1;
+    for (int r = 0; r < philox::kRounds; ++r) {
+      const __m512i pe0 = _mm512_mul_epu32(e[0], m0), pe2 = _mm512_mul_epu32(e[2], m1);
+      const __m512i po0 = _mm512_mul_epu32(o[0], m0), po2 = _mm512_mul_epu32(o[2], m1);
+      e[0] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(pe2, 32), e[1], key0[r], kXor3);
+      e[2] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(pe0, 32), e[3], key1[r], kXor3);
+      o[0] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(po2, 32), o[1], key0[r], kXor3);
+      o[2] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(po0, 32), o[3], key1[r], kXor3);
+      e[1] = pe2;
+      e[3] = pe0;
+      o[1] = po2;
+      o[3] = po0;
+    }
+    const __mmask16 keep = n - k >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - k)) - 1);
+    for (int q = 0; q < 4; ++q)
+      _mm512_mask_storeu_epi32(w[q] + k, keep, _mm512_mask_blend_epi32(0xAAAA, e[q], _mm512_slli_epi64(o[q], 32)));
+  }
 }
 
-// words_soa_generic with AVX2 intrinsics, 8 blocks at a time: GCC's own vectorisation of the
-// widening multiplies costs about twice as many instructions.
+// The same with AVX2, 8 blocks per step.
 __attribute__((target("avx2"))) void words_soa_avx2(uint64_t seed, uint64_t offset, uint64_t first_block,
                                                     int64_t n, uint32_t* __restrict w0, uint32_t* __restrict w1,
                                                     uint32_t* __restrict w2, uint32_t* __restrict w3) {
@@ -67,44 +112,62 @@ __attribute__((target("avx2"))) void words_soa_avx2(uint64_t seed, uint64_t offs
     key0[r] = _mm256_set1_epi32(static_cast<int>(k0));
     key1[r] = _mm256_set1_epi32(static_cast<int>(k1));
   }
-  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(philox::kMul0));
-  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(philox::kMul1));
+  const __m256i m0 = _mm256_set1_epi64x(philox::kMul0), m1 = _mm256_set1_epi64x(philox::kMul1);
   const __m256i o0 = _mm256_set1_epi32(static_cast<int>(philox::lo32(offset)));
   const __m256i o1 = _mm256_set1_epi32(static_cast<int>(philox::hi32(offset)));
-  int64_t k = 0;
-  for (; k + 8 <= n; k += 8) {
-    alignas(32) uint32_t lo[8], hi[8];
-    for (int j = 0; j < 8; ++j) {
-      const uint64_t block = first_block + static_cast<uint64_t>(k + j);
-      lo[j] = philox::lo32(block);
-      hi[j] = philox::hi32(block);
-    }
-    __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
-    __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
-    __m256i c2 = o0, c3 = o1;
+  const __m256i even_steps = _mm256_setr_epi64x(0, 2, 4, 6), odd_steps = _mm256_setr_epi64x(1, 3, 5, 7);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  uint32_t* const w[4] = {w0, w1, w2, w3};
+  for (int64_t k = 0; k < n; k += 8) {
+    const __m256i block = _mm256_set1_epi64x(static_cast<long long>(first_block + static_cast<uint64_t>(k)));
+    __m256i e[4], o[4];
+    e[0] = _mm256_add_epi64(block, even_steps);
+    o[0] = _mm256_add_epi64(block, odd_steps);
+    e[1] = _mm256_srli_epi64(e[0], 32);
+    o[1] = _mm256_srli_epi64(o[0], 32);
+    e[2] = o[2] = o0;
+    e[3] = o[3] = o1;
     for (int r = 0; r < philox::kRounds; ++r) {
-      __m256i hi0, lo0, hi1, lo1;
-      mulhilo8(c0, m0, hi0, lo0);
-      mulhilo8(c2, m1, hi1, lo1);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), key0[r]);
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), key1[r]);
-      c1 = lo1;
-      c3 = lo0;
+      const __m256i pe0 = _mm256_mul_epu32(e[0], m0), pe2 = _mm256_mul_epu32(e[2], m1);
+      const __m256i po0 = _mm256_mul_epu32(o[0], m0), po2 = _mm256_mul_epu32(o[2], m1);
+      e[0] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(pe2, 32), e[1]), key0[r]);
+      e[2] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(pe0, 32), e[3]), key1[r]);
+      o[0] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(po2, 32), o[1]), key0[r]);
+      o[2] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(po0, 32), o[3]), key1[r]);
+      e[1] = pe2;
+      e[3] = pe0;
+      o[1] = po2;
+      o[3] = po0;
     }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w0 + k), c0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w1 + k), c1);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w2 + k), c2);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w3 + k), c3);
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(n - k, 8))), lane);
+    for (int q = 0; q < 4; ++q)
+      _mm256_maskstore_epi32(reinterpret_cast<int*>(w[q] + k), keep,
+                             _mm256_blend_epi32(e[q], _mm256_slli_epi64(o[q], 32), 0xAA));
   }
-  if (k < n) words_soa_generic(seed, offset, first_block + static_cast<uint64_t>(k), n - k, w0 + k, w1 + k, w2 + k, w3 + k);
 }
 #endif
 
+enum class PhiloxIsa { kGeneric, kAvx2, kAvx512 };
+
+// The widest Philox this CPU runs, capped by ATEN_CPU_CAPABILITY (PyTorch's own switch: "default",
+// "avx2", "avx512") so that the tests can run every path on one machine.
+PhiloxIsa philox_isa() {
+#if defined(VDM_FAST_PHILOX_X86)
+  const char* cap = std::getenv("ATEN_CPU_CAPABILITY");
+  const std::string want = cap ? cap : "";
+  if (want == "default") return PhiloxIsa::kGeneric;
+  if (want != "avx2" && __builtin_cpu_supports("avx512f")) return PhiloxIsa::kAvx512;
+  if (__builtin_cpu_supports("avx2")) return PhiloxIsa::kAvx2;
+#endif
+  return PhiloxIsa::kGeneric;
+}
+
 void words_soa(uint64_t seed, uint64_t offset, uint64_t first_block, int64_t n, uint32_t* w0, uint32_t* w1,
                uint32_t* w2, uint32_t* w3) {
-#if defined(VDM_FAST_PHILOX_AVX2)
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2) return words_soa_avx2(seed, offset, first_block, n, w0, w1, w2, w3);
+  static const PhiloxIsa isa = philox_isa();
+#if defined(VDM_FAST_PHILOX_X86)
+  if (isa == PhiloxIsa::kAvx512) return words_soa_avx512(seed, offset, first_block, n, w0, w1, w2, w3);
+  if (isa == PhiloxIsa::kAvx2) return words_soa_avx2(seed, offset, first_block, n, w0, w1, w2, w3);
 #endif
   words_soa_generic(seed, offset, first_block, n, w0, w1, w2, w3);
 }
