@@ -105,4 +105,24 @@ inline void check_coeff(const char* op, const char* name, const at::Tensor& c, i
   TORCH_CHECK(c.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
+// The two per-sample coefficients (alpha, sigma, under the op's names for them) of `data`.
+inline void check_coeff_pair(const char* op, const at::Tensor& data, const char* a_name, const at::Tensor& a,
+                             const char* s_name, const at::Tensor& s) {
+  const at::ScalarType cdt = compute_dtype(data.scalar_type());
+  check_coeff(op, a_name, a, data.size(0), cdt, data.device());
+  check_coeff(op, s_name, s, data.size(0), cdt, data.device());
+}
+
+// A backward op's gradient to a data input: a new output like `data` when wanted (all of an op's
+// data gradients then share one layout), else an empty placeholder.
+inline at::Tensor data_grad_output(bool wanted, const at::Tensor& data) {
+  return wanted ? new_output_like(data) : at::empty({0}, data.options());
+}
+
+// A backward op's gradient to a per-sample coefficient: zeros of shape (B,) when wanted, else an
+// empty placeholder.
+inline at::Tensor coeff_grad_output(bool wanted, const at::Tensor& coeff, int64_t B) {
+  return wanted ? at::zeros({B}, coeff.options()) : at::empty({0}, coeff.options());
+}
+
 }  // namespace vdm_fast

@@ -9,6 +9,7 @@
 #include "common.h"
 #include "cpu/per_sample.h"
 #include "discretized_gaussian_math.h"
+#include "discretized_gaussian_nll.h"
 
 namespace vdm_fast {
 namespace cpu {
@@ -22,18 +23,6 @@ struct LogNdtr {
     return calc_log_ndtr(x);  // ATen/native/Math.h, global namespace
   }
 };
-
-// cdf name -> whether it is the tanh approximation.
-bool parse_cdf(const char* op, c10::string_view cdf) {
-  TORCH_CHECK(cdf == "erf" || cdf == "tanh", op, ": cdf must be \"erf\" or \"tanh\", got \"", cdf, "\"");
-  return cdf == "tanh";
-}
-
-void check_dgauss_args(const char* op, const at::Tensor& x0, const at::Tensor& mean, const at::Tensor& log_scale) {
-  check_data(op, "x0", x0);
-  check_same_data(op, "mean", mean, x0, "x0");
-  check_same_data(op, "log_scale", log_scale, x0, "x0");
-}
 
 template <typename scalar_t, typename acc_t, bool TANH>
 acc_t dgauss_segment(const scalar_t* __restrict x, const scalar_t* __restrict m, const scalar_t* __restrict ls,
@@ -61,14 +50,12 @@ void dgauss_backward_segment(scalar_t* __restrict gm, scalar_t* __restrict gl, c
 
 at::Tensor dgauss_cpu(const at::Tensor& x0, const at::Tensor& mean, const at::Tensor& log_scale,
                       c10::string_view cdf) {
-  constexpr const char* op = "vdm_fast::discretized_gaussian_nll";
-  const bool tanh = parse_cdf(op, cdf);
-  check_dgauss_args(op, x0, mean, log_scale);
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
+  const DgaussInputs in = prepare_dgauss(x0, mean, log_scale, cdf);
+  const int64_t B = in.B, D = in.D;
+  const bool tanh = in.tanh;
   at::Tensor out = at::zeros({B}, x0.options().dtype(compute_dtype(x0.scalar_type())));
   if (x0.numel() == 0) return out;
-  const at::Tensor layout = empty_out_like(x0);  // never written: it only names the layout
-  const at::Tensor x = in_layout_of(x0, layout), m = in_layout_of(mean, layout), l = in_layout_of(log_scale, layout);
+  const at::Tensor &x = in.x, &m = in.m, &l = in.l;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "discretized_gaussian_nll_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -90,18 +77,12 @@ at::Tensor dgauss_cpu(const at::Tensor& x0, const at::Tensor& mean, const at::Te
 std::tuple<at::Tensor, at::Tensor> dgauss_backward_cpu(const at::Tensor& grad, const at::Tensor& x0,
                                                        const at::Tensor& mean, const at::Tensor& log_scale,
                                                        c10::string_view cdf, std::array<bool, 2> output_mask) {
-  constexpr const char* op = "vdm_fast::discretized_gaussian_nll_backward";
-  const bool tanh = parse_cdf(op, cdf);
-  check_dgauss_args(op, x0, mean, log_scale);
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
-  check_coeff(op, "grad", grad, B, compute_dtype(x0.scalar_type()), x0.device());
-  const bool want_gm = output_mask[0], want_gl = output_mask[1];
-  at::Tensor gm = want_gm ? new_output_like(x0) : at::empty({0}, x0.options());
-  at::Tensor gl = want_gl ? new_output_like(x0) : at::empty({0}, x0.options());  // one layout for all outputs
-  if (x0.numel() == 0 || !(want_gm || want_gl)) return {gm, gl};
-
-  const at::Tensor layout = want_gm ? gm : gl;
-  const at::Tensor x = in_layout_of(x0, layout), m = in_layout_of(mean, layout), l = in_layout_of(log_scale, layout);
+  const DgaussBackwardInputs in = prepare_dgauss_backward(grad, x0, mean, log_scale, cdf, output_mask);
+  const at::Tensor &gm = in.gm, &gl = in.gl;
+  if (in.done) return {gm, gl};
+  const at::Tensor &x = in.x, &m = in.m, &l = in.l;
+  const bool tanh = in.tanh, want_gm = in.want_gm, want_gl = in.want_gl;
+  const int64_t B = in.B, D = in.D;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "discretized_gaussian_nll_backward_cpu",
                                   [&] {
     using acc = acc_t<scalar_t>;

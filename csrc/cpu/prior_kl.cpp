@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "cpu/per_sample.h"
+#include "prior_kl.h"
 
 namespace vdm_fast {
 namespace cpu {
@@ -37,20 +38,11 @@ VDM_FAST_CPU_CLONES acc_t prior_kl_backward_block(scalar_t* __restrict gx, const
   return want_sum ? sum_squares_block<scalar_t, acc_t>(x, len) : acc_t(0);
 }
 
-void check_inputs(const char* op, const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma) {
-  check_data(op, "x0", x0);
-  const auto cdt = compute_dtype(x0.scalar_type());
-  check_coeff(op, "alpha_1", alpha, x0.size(0), cdt, x0.device());
-  check_coeff(op, "sigma_1", sigma, x0.size(0), cdt, x0.device());
-}
-
 at::Tensor prior_kl_cpu(const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma) {
-  constexpr const char* op = "vdm_fast::prior_kl";
-  check_inputs(op, x0, alpha, sigma);
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
-  at::Tensor out = at::empty({B}, alpha.options());
+  const PriorKlInputs in = prepare_prior_kl(x0, alpha, sigma);
+  const at::Tensor &out = in.out, &x = in.x;
+  const int64_t B = in.B, D = in.D;
   if (B == 0) return out;
-  const at::Tensor x = in_layout_of(x0, empty_out_like(x0));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "prior_kl_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -72,18 +64,11 @@ at::Tensor prior_kl_cpu(const at::Tensor& x0, const at::Tensor& alpha, const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor> prior_kl_backward_cpu(const at::Tensor& grad, const at::Tensor& x0,
                                                                      const at::Tensor& alpha, const at::Tensor& sigma,
                                                                      std::array<bool, 3> output_mask) {
-  constexpr const char* op = "vdm_fast::prior_kl_backward";
-  check_inputs(op, x0, alpha, sigma);
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
-  check_coeff(op, "grad", grad, B, compute_dtype(x0.scalar_type()), x0.device());
-  const bool want_gx = output_mask[0], want_sums = output_mask[1];
-  at::Tensor gx = want_gx ? new_output_like(x0) : at::empty({0}, x0.options());
-  at::Tensor ga = output_mask[1] ? at::empty({B}, alpha.options()) : at::empty({0}, alpha.options());
-  at::Tensor gs = output_mask[2] ? at::empty({B}, sigma.options()) : at::empty({0}, sigma.options());
-  if (B == 0) return {gx, ga, gs};
-
-  const at::Tensor layout = want_gx ? gx : empty_out_like(x0);
-  const at::Tensor x = (want_gx || want_sums) ? in_layout_of(x0, layout) : x0;
+  const PriorKlBackwardInputs in = prepare_prior_kl_backward(grad, x0, alpha, sigma, output_mask);
+  const at::Tensor &gx = in.gx, &ga = in.ga, &gs = in.gs, &x = in.x;
+  if (in.done) return {gx, ga, gs};
+  const bool want_gx = in.want_gx, want_sums = in.want_sum;
+  const int64_t B = in.B, D = in.D;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "prior_kl_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();

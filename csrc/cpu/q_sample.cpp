@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "cpu/per_sample.h"
+#include "q_sample.h"
 
 namespace vdm_fast {
 namespace cpu {
@@ -50,17 +51,10 @@ constexpr int64_t kSumBlock = 1024;
 
 at::Tensor q_sample_cpu(const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma,
                         const at::Tensor& noise) {
-  constexpr const char* op = "vdm_fast::q_sample";
-  check_data(op, "x0", x0);
-  check_same_data(op, "noise", noise, x0, "x0");
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
-  const auto cdt = compute_dtype(x0.scalar_type());
-  check_coeff(op, "alpha", alpha, B, cdt, x0.device());
-  check_coeff(op, "sigma", sigma, B, cdt, x0.device());
-
-  at::Tensor z = new_output_like(x0);
+  const QSampleInputs in = prepare_q_sample(x0, alpha, sigma, noise);
+  const at::Tensor &z = in.z, &x = in.x, &n = in.n;
   if (z.numel() == 0) return z;
-  const at::Tensor x = in_layout_of(x0, z), n = in_layout_of(noise, z);
+  const int64_t B = in.B, D = in.D;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "q_sample_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -78,27 +72,12 @@ at::Tensor q_sample_cpu(const at::Tensor& x0, const at::Tensor& alpha, const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> q_sample_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& alpha,
     const at::Tensor& sigma, std::array<bool, 4> output_mask) {
-  constexpr const char* op = "vdm_fast::q_sample_backward";
-  check_data(op, "x0", x0);
-  check_same_data(op, "noise", noise, x0, "x0");
-  check_same_data(op, "grad", grad, x0, "x0");
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
-  const auto cdt = compute_dtype(x0.scalar_type());
-  check_coeff(op, "alpha", alpha, B, cdt, x0.device());
-  check_coeff(op, "sigma", sigma, B, cdt, x0.device());
-
-  const bool want_gx = output_mask[0], want_gn = output_mask[1];
-  const bool want_sums = output_mask[2] || output_mask[3];
-  at::Tensor gx = want_gx ? new_output_like(x0) : at::empty({0}, x0.options());
-  at::Tensor gn = want_gn ? new_output_like(x0) : at::empty({0}, x0.options());  // one layout for all outputs
-  at::Tensor ga = output_mask[2] ? at::zeros({B}, alpha.options()) : at::empty({0}, alpha.options());
-  at::Tensor gs = output_mask[3] ? at::zeros({B}, sigma.options()) : at::empty({0}, sigma.options());
-  if (x0.numel() == 0 || !(want_gx || want_gn || want_sums)) return {gx, gn, ga, gs};
-
-  // All data in one layout: the outputs' (which is x0's when x0 is batch-major dense).
-  const at::Tensor layout = want_gx ? gx : (want_gn ? gn : empty_out_like(x0));
-  const at::Tensor g = in_layout_of(grad, layout);
-  const at::Tensor x = in_layout_of(x0, layout), n = in_layout_of(noise, layout);
+  const QSampleBackwardInputs in = prepare_q_sample_backward(grad, x0, noise, alpha, sigma, output_mask);
+  const at::Tensor &gx = in.gx, &gn = in.gn, &ga = in.ga, &gs = in.gs;
+  if (in.done) return {gx, gn, ga, gs};
+  const at::Tensor &g = in.g, &x = in.x, &n = in.n;
+  const bool want_gx = in.want_gx, want_gn = in.want_gn, want_sums = in.want_sums;
+  const int64_t B = in.B, D = in.D;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "q_sample_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;

@@ -10,6 +10,7 @@
 #include "cpu/noise.h"
 #include "cpu/per_sample.h"
 #include "noise_args.h"
+#include "q_sample.h"
 
 namespace vdm_fast {
 namespace cpu {
@@ -31,19 +32,11 @@ VDM_FAST_CPU_CLONES void q_sample_randn_segment(scalar_t* __restrict z, scalar_t
 std::tuple<at::Tensor, at::Tensor> q_sample_randn_cpu(const at::Tensor& x0, const at::Tensor& alpha,
                                                       const at::Tensor& sigma, const at::Tensor& seed,
                                                       int64_t offset) {
-  constexpr const char* op = "vdm_fast::q_sample_randn";
-  check_data(op, "x0", x0);
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
-  const auto cdt = compute_dtype(x0.scalar_type());
-  check_coeff(op, "alpha", alpha, B, cdt, x0.device());
-  check_coeff(op, "sigma", sigma, B, cdt, x0.device());
-  check_seed(op, seed, x0.device());
-  const uint64_t s = seed_value(seed), off = static_cast<uint64_t>(offset);
-
-  at::Tensor z = new_output_like(x0);
-  at::Tensor noise = new_output_like(x0);  // same layout as z (both follow x0)
+  const QSampleRandnInputs in = prepare_q_sample_randn(x0, alpha, sigma, seed);
+  const at::Tensor &z = in.z, &noise = in.noise, &x = in.x;
   if (z.numel() == 0) return {z, noise};
-  const at::Tensor x = in_layout_of(x0, z);
+  const int64_t B = in.B, D = in.D;
+  const uint64_t s = seed_value(seed), off = static_cast<uint64_t>(offset);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "q_sample_randn_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();

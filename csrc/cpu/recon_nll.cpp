@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "cpu/per_sample.h"
+#include "recon_nll.h"
 #include "recon_nll_math.h"
 
 namespace vdm_fast {
@@ -19,16 +20,6 @@ namespace {
 // Sub-segment length for the per-sample sums: a float accumulator stays accurate over it;
 // partials are combined in double.
 constexpr int64_t kSumBlock = 1024;
-
-void check_recon_args(const char* op, const at::Tensor& x0, const at::Tensor& z0, const at::Tensor& alpha,
-                      const at::Tensor& sigma, c10::string_view decoder) {
-  TORCH_CHECK(decoder == "categorical", op, ": decoder must be \"categorical\", got \"", decoder, "\"");
-  check_data(op, "x0", x0);
-  check_same_data(op, "z0", z0, x0, "x0");
-  const auto cdt = compute_dtype(x0.scalar_type());
-  check_coeff(op, "alpha_0", alpha, x0.size(0), cdt, x0.device());
-  check_coeff(op, "sigma_0", sigma, x0.size(0), cdt, x0.device());
-}
 
 template <typename scalar_t, typename acc_t>
 acc_t recon_nll_segment(const scalar_t* __restrict x, const scalar_t* __restrict z, acc_t alpha, acc_t sigma, int L,
@@ -60,13 +51,11 @@ void recon_nll_backward_segment(scalar_t* __restrict gz, const scalar_t* __restr
 
 at::Tensor recon_nll_cpu(const at::Tensor& x0, const at::Tensor& z0, const at::Tensor& alpha, const at::Tensor& sigma,
                          c10::string_view decoder) {
-  constexpr const char* op = "vdm_fast::recon_nll";
-  check_recon_args(op, x0, z0, alpha, sigma, decoder);
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
+  const ReconNllInputs in = prepare_recon_nll(x0, z0, alpha, sigma, decoder);
+  const int64_t B = in.B, D = in.D;
   at::Tensor out = at::zeros({B}, alpha.options());
   if (x0.numel() == 0) return out;
-  const at::Tensor layout = empty_out_like(x0);  // never written: it only names the layout
-  const at::Tensor x = in_layout_of(x0, layout), z = in_layout_of(z0, layout);
+  const at::Tensor &x = in.x, &z = in.z;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "recon_nll_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -91,18 +80,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recon_nll_backward_cpu(const at::
                                                                       const at::Tensor& sigma,
                                                                       c10::string_view decoder,
                                                                       std::array<bool, 3> output_mask) {
-  constexpr const char* op = "vdm_fast::recon_nll_backward";
-  check_recon_args(op, x0, z0, alpha, sigma, decoder);
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
-  check_coeff(op, "grad", grad, B, compute_dtype(x0.scalar_type()), x0.device());
-  const bool want_gz = output_mask[0], want_sums = output_mask[1] || output_mask[2];
-  at::Tensor gz = want_gz ? new_output_like(x0) : at::empty({0}, x0.options());
-  at::Tensor ga = output_mask[1] ? at::zeros({B}, alpha.options()) : at::empty({0}, alpha.options());
-  at::Tensor gs = output_mask[2] ? at::zeros({B}, sigma.options()) : at::empty({0}, sigma.options());
-  if (x0.numel() == 0 || !(want_gz || want_sums)) return {gz, ga, gs};
-
-  const at::Tensor layout = want_gz ? gz : empty_out_like(x0);
-  const at::Tensor x = in_layout_of(x0, layout), z = in_layout_of(z0, layout);
+  const ReconNllBackwardInputs in = prepare_recon_nll_backward(grad, x0, z0, alpha, sigma, decoder, output_mask);
+  const at::Tensor &gz = in.gz, &ga = in.ga, &gs = in.gs;
+  if (in.done) return {gz, ga, gs};
+  const at::Tensor &x = in.x, &z = in.z;
+  const bool want_gz = in.want_gz, want_sums = in.want_sums;
+  const int64_t B = in.B, D = in.D;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "recon_nll_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();

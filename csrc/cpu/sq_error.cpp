@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "cpu/per_sample.h"
+#include "sq_error.h"
 #include "targets.h"
 
 namespace vdm_fast {
@@ -69,30 +70,14 @@ VDM_FAST_CPU_CLONES void sq_error_backward_block(scalar_t* __restrict gp, scalar
   }
 }
 
-void check_inputs(const char* op, const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& noise,
-                  const at::Tensor& alpha, const at::Tensor& sigma) {
-  check_data(op, "pred", pred);
-  check_same_data(op, "x0", x0, pred, "pred");
-  check_same_data(op, "noise", noise, pred, "pred");
-  const int64_t B = pred.size(0);
-  const auto cdt = compute_dtype(pred.scalar_type());
-  check_coeff(op, "alpha", alpha, B, cdt, pred.device());
-  check_coeff(op, "sigma", sigma, B, cdt, pred.device());
-}
-
 at::Tensor sq_error_cpu(const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& alpha,
                         const at::Tensor& sigma, c10::string_view target_name) {
-  constexpr const char* op = "vdm_fast::sq_error";
-  const Target target = parse_target(op, target_name);
-  check_inputs(op, pred, x0, noise, alpha, sigma);
-  const int64_t B = pred.size(0), D = per_sample_numel(pred);
-  at::Tensor out = at::zeros({B}, alpha.options());
+  const SqErrorInputs in = prepare_sq_error(pred, x0, noise, alpha, sigma, target_name);
+  const at::Tensor& out = in.out;
   if (pred.numel() == 0) return out;
-  // All data in pred's layout when pred is batch-major dense (no copy), else contiguous.
-  const at::Tensor layout = empty_out_like(pred);
-  const at::Tensor p = in_layout_of(pred, layout);
-  const bool uses_x = target == kX0 || target == kV, uses_n = target != kX0;  // never copy what is not read
-  const at::Tensor x = uses_x ? in_layout_of(x0, layout) : x0, n = uses_n ? in_layout_of(noise, layout) : noise;
+  const at::Tensor &p = in.p, &x = in.x, &n = in.n;
+  const Target target = in.target;
+  const int64_t B = in.B, D = in.D;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "sq_error_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* pp = p.const_data_ptr<scalar_t>();
@@ -118,31 +103,14 @@ at::Tensor sq_error_cpu(const at::Tensor& pred, const at::Tensor& x0, const at::
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sq_error_backward_cpu(
     const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& noise,
     const at::Tensor& alpha, const at::Tensor& sigma, c10::string_view target_name, std::array<bool, 5> output_mask) {
-  constexpr const char* op = "vdm_fast::sq_error_backward";
-  const Target target = parse_target(op, target_name);
-  check_inputs(op, pred, x0, noise, alpha, sigma);
-  const int64_t B = pred.size(0), D = per_sample_numel(pred);
-  check_coeff(op, "grad", grad, B, compute_dtype(pred.scalar_type()), pred.device());
-
-  // Gradients that are structurally zero for this target are zeros, and the kernel skips them.
-  const bool uses_x = target == kX0 || target == kV, uses_n = target != kX0;
-  const bool param_target = target == kV || target == kScore;  // depends on alpha / sigma
-  const bool want_gp = output_mask[0], want_gx = output_mask[1] && uses_x, want_gn = output_mask[2] && uses_n;
-  const bool want_sums = (output_mask[3] || output_mask[4]) && param_target;
-  const auto data_grad = [&](bool wanted, bool computed) {
-    if (!wanted) return at::empty({0}, pred.options());
-    return computed ? new_output_like(pred) : empty_out_like(pred).zero_();  // one layout for all
-  };
-  at::Tensor gp = data_grad(output_mask[0], true);
-  at::Tensor gx = data_grad(output_mask[1], want_gx);
-  at::Tensor gn = data_grad(output_mask[2], want_gn);
-  at::Tensor ga = output_mask[3] ? at::zeros({B}, alpha.options()) : at::empty({0}, alpha.options());
-  at::Tensor gs = output_mask[4] ? at::zeros({B}, sigma.options()) : at::empty({0}, sigma.options());
-  if (pred.numel() == 0 || !(want_gp || want_gx || want_gn || want_sums)) return {gp, gx, gn, ga, gs};
-
-  const at::Tensor layout = want_gp ? gp : (want_gx ? gx : (want_gn ? gn : empty_out_like(pred)));
-  const at::Tensor p = in_layout_of(pred, layout);
-  const at::Tensor x = uses_x ? in_layout_of(x0, layout) : x0, n = uses_n ? in_layout_of(noise, layout) : noise;
+  const SqErrorBackwardInputs in =
+      prepare_sq_error_backward(grad, pred, x0, noise, alpha, sigma, target_name, output_mask);
+  const at::Tensor &gp = in.gp, &gx = in.gx, &gn = in.gn, &ga = in.ga, &gs = in.gs;
+  if (in.done) return {gp, gx, gn, ga, gs};
+  const at::Tensor &p = in.p, &x = in.x, &n = in.n;
+  const Target target = in.target;
+  const bool want_gp = in.want_gp, want_gx = in.want_gx, want_gn = in.want_gn, want_sums = in.want_sums;
+  const int64_t B = in.B, D = in.D;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "sq_error_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* pp = p.const_data_ptr<scalar_t>();

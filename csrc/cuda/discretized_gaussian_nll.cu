@@ -9,6 +9,7 @@
 #include "common.h"
 #include "cuda/per_sample.cuh"
 #include "discretized_gaussian_math.h"
+#include "discretized_gaussian_nll.h"
 
 namespace vdm_fast {
 namespace cuda {
@@ -58,28 +59,16 @@ __global__ void dgauss_backward_kernel(scalar_t* __restrict__ gm, scalar_t* __re
   }
 }
 
-bool parse_cdf(const char* op, c10::string_view cdf) {
-  TORCH_CHECK(cdf == "erf" || cdf == "tanh", op, ": cdf must be \"erf\" or \"tanh\", got \"", cdf, "\"");
-  return cdf == "tanh";
-}
-
-void check_dgauss_args(const char* op, const at::Tensor& x0, const at::Tensor& mean, const at::Tensor& log_scale) {
-  check_data(op, "x0", x0);
-  check_same_data(op, "mean", mean, x0, "x0");
-  check_same_data(op, "log_scale", log_scale, x0, "x0");
-}
-
 at::Tensor dgauss_cuda(const at::Tensor& x0, const at::Tensor& mean, const at::Tensor& log_scale,
                        c10::string_view cdf) {
   constexpr const char* op = "vdm_fast::discretized_gaussian_nll";
-  const bool tanh = parse_cdf(op, cdf);
-  check_dgauss_args(op, x0, mean, log_scale);
   const c10::cuda::CUDAGuard guard(x0.device());
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
+  const DgaussInputs in = prepare_dgauss(x0, mean, log_scale, cdf);
+  const int64_t B = in.B, D = in.D;
+  const bool tanh = in.tanh;
   const auto cdt = compute_dtype(x0.scalar_type());
   if (x0.numel() == 0) return at::zeros({B}, x0.options().dtype(cdt));
-  const at::Tensor layout = empty_out_like(x0);  // never written: it only names the layout
-  const at::Tensor x = in_layout_of(x0, layout), m = in_layout_of(mean, layout), l = in_layout_of(log_scale, layout);
+  const at::Tensor &x = in.x, &m = in.m, &l = in.l;
   const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
   TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
   at::Tensor partial = at::empty({B, chunks}, x0.options().dtype(at::kDouble));
@@ -104,19 +93,13 @@ at::Tensor dgauss_cuda(const at::Tensor& x0, const at::Tensor& mean, const at::T
 std::tuple<at::Tensor, at::Tensor> dgauss_backward_cuda(const at::Tensor& grad, const at::Tensor& x0,
                                                         const at::Tensor& mean, const at::Tensor& log_scale,
                                                         c10::string_view cdf, std::array<bool, 2> output_mask) {
-  constexpr const char* op = "vdm_fast::discretized_gaussian_nll_backward";
-  const bool tanh = parse_cdf(op, cdf);
-  check_dgauss_args(op, x0, mean, log_scale);
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
-  check_coeff(op, "grad", grad, B, compute_dtype(x0.scalar_type()), x0.device());
   const c10::cuda::CUDAGuard guard(x0.device());
-  const bool want_gm = output_mask[0], want_gl = output_mask[1];
-  at::Tensor gm = want_gm ? empty_out_like(x0) : at::empty({0}, x0.options());
-  at::Tensor gl = want_gl ? empty_out_like(x0) : at::empty({0}, x0.options());  // one layout for all outputs
-  if (x0.numel() == 0 || !(want_gm || want_gl)) return {gm, gl};
-  const at::Tensor layout = want_gm ? gm : gl;
-  const at::Tensor x = in_layout_of(x0, layout), m = in_layout_of(mean, layout), l = in_layout_of(log_scale, layout);
-  const int64_t N = x0.numel();
+  const DgaussBackwardInputs in = prepare_dgauss_backward(grad, x0, mean, log_scale, cdf, output_mask);
+  const at::Tensor &gm = in.gm, &gl = in.gl;
+  if (in.done) return {gm, gl};
+  const at::Tensor &x = in.x, &m = in.m, &l = in.l;
+  const bool tanh = in.tanh, want_gm = in.want_gm, want_gl = in.want_gl;
+  const int64_t D = in.D, N = x0.numel();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(),
                                   "discretized_gaussian_nll_backward_cuda", [&] {

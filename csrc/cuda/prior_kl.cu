@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "cuda/per_sample.cuh"
+#include "prior_kl.h"
 
 namespace vdm_fast {
 namespace cuda {
@@ -66,13 +67,6 @@ __global__ void prior_kl_finish_kernel(acc_t* __restrict__ out, acc_t* __restric
 
 unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
 
-void check_inputs(const char* op, const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma) {
-  check_data(op, "x0", x0);
-  const auto cdt = compute_dtype(x0.scalar_type());
-  check_coeff(op, "alpha_1", alpha, x0.size(0), cdt, x0.device());
-  check_coeff(op, "sigma_1", sigma, x0.size(0), cdt, x0.device());
-}
-
 // Runs the data pass (when there is data and something to do) into `partial` (B, chunks).
 template <typename scalar_t>
 void launch_pass(const char* op, scalar_t* gx, const at::Tensor& x, const at::Tensor& up, const at::Tensor& alpha,
@@ -96,12 +90,11 @@ void launch_pass(const char* op, scalar_t* gx, const at::Tensor& x, const at::Te
 
 at::Tensor prior_kl_cuda(const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma) {
   constexpr const char* op = "vdm_fast::prior_kl";
-  check_inputs(op, x0, alpha, sigma);
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
   const c10::cuda::CUDAGuard guard(x0.device());
-  at::Tensor out = at::empty({B}, alpha.options());
+  const PriorKlInputs in = prepare_prior_kl(x0, alpha, sigma);
+  const at::Tensor &out = in.out, &x = in.x;
+  const int64_t B = in.B, D = in.D;
   if (B == 0) return out;
-  const at::Tensor x = in_layout_of(x0, empty_out_like(x0));
   const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
   at::Tensor partial = at::empty({B, chunks}, x0.options().dtype(at::kDouble));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -120,18 +113,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prior_kl_backward_cuda(const at::
                                                                       const at::Tensor& alpha, const at::Tensor& sigma,
                                                                       std::array<bool, 3> output_mask) {
   constexpr const char* op = "vdm_fast::prior_kl_backward";
-  check_inputs(op, x0, alpha, sigma);
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
-  check_coeff(op, "grad", grad, B, compute_dtype(x0.scalar_type()), x0.device());
   const c10::cuda::CUDAGuard guard(x0.device());
-  const bool want_gx = output_mask[0], want_sum = output_mask[1];
-  at::Tensor gx = want_gx ? empty_out_like(x0) : at::empty({0}, x0.options());
-  at::Tensor ga = output_mask[1] ? at::empty({B}, alpha.options()) : at::empty({0}, alpha.options());
-  at::Tensor gs = output_mask[2] ? at::empty({B}, sigma.options()) : at::empty({0}, sigma.options());
-  if (B == 0 || !(output_mask[0] || output_mask[1] || output_mask[2])) return {gx, ga, gs};
-
-  const at::Tensor layout = want_gx ? gx : empty_out_like(x0);
-  const at::Tensor x = (want_gx || want_sum) ? in_layout_of(x0, layout) : x0;
+  const PriorKlBackwardInputs in = prepare_prior_kl_backward(grad, x0, alpha, sigma, output_mask);
+  const at::Tensor &gx = in.gx, &ga = in.ga, &gs = in.gs, &x = in.x;
+  if (in.done) return {gx, ga, gs};
+  const bool want_gx = in.want_gx, want_sum = in.want_sum;
+  const int64_t B = in.B, D = in.D;
   const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
   at::Tensor partial = at::empty({B, chunks}, x0.options().dtype(at::kDouble));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

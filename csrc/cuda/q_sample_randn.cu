@@ -9,6 +9,7 @@
 #include "cuda/noise.cuh"
 #include "cuda/per_sample.cuh"
 #include "noise_args.h"
+#include "q_sample.h"
 
 namespace vdm_fast {
 namespace cuda {
@@ -56,19 +57,11 @@ __global__ void q_sample_randn_kernel(scalar_t* __restrict__ z, scalar_t* __rest
 std::tuple<at::Tensor, at::Tensor> q_sample_randn_cuda(const at::Tensor& x0, const at::Tensor& alpha,
                                                        const at::Tensor& sigma, const at::Tensor& seed,
                                                        int64_t offset) {
-  constexpr const char* op = "vdm_fast::q_sample_randn";
-  check_data(op, "x0", x0);
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
-  const auto cdt = compute_dtype(x0.scalar_type());
-  check_coeff(op, "alpha", alpha, B, cdt, x0.device());
-  check_coeff(op, "sigma", sigma, B, cdt, x0.device());
-  check_seed(op, seed, x0.device());
-
   const c10::cuda::CUDAGuard guard(x0.device());
-  at::Tensor z = empty_out_like(x0);
-  at::Tensor noise = empty_out_like(x0);
+  const QSampleRandnInputs in = prepare_q_sample_randn(x0, alpha, sigma, seed);
+  const at::Tensor &z = in.z, &noise = in.noise, &x = in.x;
   if (z.numel() == 0) return {z, noise};
-  const at::Tensor x = in_layout_of(x0, z);
+  const int64_t D = in.D;
   const PhiloxSeed ps = philox_seed_arg(seed);
   const int64_t N = z.numel(), n_blocks = (N + 3) / 4;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "cuda/per_sample.cuh"
+#include "recon_nll.h"
 #include "recon_nll_math.h"
 
 namespace vdm_fast {
@@ -61,25 +62,14 @@ __global__ void recon_nll_backward_kernel(scalar_t* __restrict__ gz, const acc_t
   }
 }
 
-void check_recon_args(const char* op, const at::Tensor& x0, const at::Tensor& z0, const at::Tensor& alpha,
-                      const at::Tensor& sigma, c10::string_view decoder) {
-  TORCH_CHECK(decoder == "categorical", op, ": decoder must be \"categorical\", got \"", decoder, "\"");
-  check_data(op, "x0", x0);
-  check_same_data(op, "z0", z0, x0, "x0");
-  const auto cdt = compute_dtype(x0.scalar_type());
-  check_coeff(op, "alpha_0", alpha, x0.size(0), cdt, x0.device());
-  check_coeff(op, "sigma_0", sigma, x0.size(0), cdt, x0.device());
-}
-
 at::Tensor recon_nll_cuda(const at::Tensor& x0, const at::Tensor& z0, const at::Tensor& alpha,
                           const at::Tensor& sigma, c10::string_view decoder) {
   constexpr const char* op = "vdm_fast::recon_nll";
-  check_recon_args(op, x0, z0, alpha, sigma, decoder);
   const c10::cuda::CUDAGuard guard(x0.device());
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
+  const ReconNllInputs in = prepare_recon_nll(x0, z0, alpha, sigma, decoder);
+  const int64_t B = in.B, D = in.D;
   if (x0.numel() == 0) return at::zeros({B}, alpha.options());
-  const at::Tensor layout = empty_out_like(x0);  // never written: it only names the layout
-  const at::Tensor x = in_layout_of(x0, layout), z = in_layout_of(z0, layout);
+  const at::Tensor &x = in.x, &z = in.z;
   const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
   TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
   at::Tensor partial = at::empty({B, chunks}, x0.options().dtype(at::kDouble));
@@ -100,18 +90,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recon_nll_backward_cuda(const at:
                                                                        c10::string_view decoder,
                                                                        std::array<bool, 3> output_mask) {
   constexpr const char* op = "vdm_fast::recon_nll_backward";
-  check_recon_args(op, x0, z0, alpha, sigma, decoder);
-  const int64_t B = x0.size(0), D = per_sample_numel(x0);
-  check_coeff(op, "grad", grad, B, compute_dtype(x0.scalar_type()), x0.device());
   const c10::cuda::CUDAGuard guard(x0.device());
-  const bool want_gz = output_mask[0], want_sums = output_mask[1] || output_mask[2];
-  at::Tensor gz = want_gz ? empty_out_like(x0) : at::empty({0}, x0.options());
-  at::Tensor ga = output_mask[1] ? at::zeros({B}, alpha.options()) : at::empty({0}, alpha.options());
-  at::Tensor gs = output_mask[2] ? at::zeros({B}, sigma.options()) : at::empty({0}, sigma.options());
-  if (x0.numel() == 0 || !(want_gz || want_sums)) return {gz, ga, gs};
-
-  const at::Tensor layout = want_gz ? gz : empty_out_like(x0);
-  const at::Tensor x = in_layout_of(x0, layout), z = in_layout_of(z0, layout);
+  const ReconNllBackwardInputs in = prepare_recon_nll_backward(grad, x0, z0, alpha, sigma, decoder, output_mask);
+  const at::Tensor &gz = in.gz, &ga = in.ga, &gs = in.gs;
+  if (in.done) return {gz, ga, gs};
+  const at::Tensor &x = in.x, &z = in.z;
+  const bool want_gz = in.want_gz, want_sums = in.want_sums;
+  const int64_t B = in.B, D = in.D;
   const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
   TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
   at::Tensor partial = at::empty({B, chunks, 2}, x0.options().dtype(at::kDouble));

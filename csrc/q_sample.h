@@ -1,0 +1,86 @@
+// Host-side checks and outputs of q_sample, q_sample_backward and q_sample_randn, shared by the
+// CPU and CUDA launchers: validate every argument (messages name it), allocate the outputs by the
+// layout rule (common.h) and bring the data inputs into the outputs' layout.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+
+#include "common.h"
+#include "noise_args.h"
+
+namespace vdm_fast {
+
+struct QSampleInputs {
+  at::Tensor z;     // the output
+  at::Tensor x, n;  // x0 and noise in z's layout (undefined when z is empty)
+  int64_t B, D;
+};
+
+inline QSampleInputs prepare_q_sample(const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma,
+                                      const at::Tensor& noise) {
+  constexpr const char* op = "vdm_fast::q_sample";
+  check_data(op, "x0", x0);
+  check_same_data(op, "noise", noise, x0, "x0");
+  check_coeff_pair(op, x0, "alpha", alpha, "sigma", sigma);
+  QSampleInputs in{new_output_like(x0), {}, {}, x0.size(0), per_sample_numel(x0)};
+  if (in.z.numel() == 0) return in;
+  in.x = in_layout_of(x0, in.z);
+  in.n = in_layout_of(noise, in.z);
+  return in;
+}
+
+struct QSampleBackwardInputs {
+  at::Tensor gx, gn, ga, gs;  // the outputs: grads to x0, noise, alpha, sigma (empty where not wanted)
+  at::Tensor g, x, n;         // grad, x0, noise in the outputs' layout (undefined when `done`)
+  bool want_gx, want_gn, want_sums;
+  bool done;                  // nothing to compute: the outputs are final
+  int64_t B, D;
+};
+
+inline QSampleBackwardInputs prepare_q_sample_backward(const at::Tensor& grad, const at::Tensor& x0,
+                                                       const at::Tensor& noise, const at::Tensor& alpha,
+                                                       const at::Tensor& sigma, std::array<bool, 4> output_mask) {
+  constexpr const char* op = "vdm_fast::q_sample_backward";
+  check_data(op, "x0", x0);
+  check_same_data(op, "noise", noise, x0, "x0");
+  check_same_data(op, "grad", grad, x0, "x0");
+  check_coeff_pair(op, x0, "alpha", alpha, "sigma", sigma);
+  QSampleBackwardInputs in;
+  in.B = x0.size(0);
+  in.D = per_sample_numel(x0);
+  in.want_gx = output_mask[0];
+  in.want_gn = output_mask[1];
+  in.want_sums = output_mask[2] || output_mask[3];
+  in.gx = data_grad_output(in.want_gx, x0);
+  in.gn = data_grad_output(in.want_gn, x0);
+  in.ga = coeff_grad_output(output_mask[2], alpha, in.B);
+  in.gs = coeff_grad_output(output_mask[3], sigma, in.B);
+  in.done = x0.numel() == 0 || !(in.want_gx || in.want_gn || in.want_sums);
+  if (in.done) return in;
+  const at::Tensor layout = in.want_gx ? in.gx : (in.want_gn ? in.gn : empty_out_like(x0));
+  in.g = in_layout_of(grad, layout);
+  in.x = in_layout_of(x0, layout);
+  in.n = in_layout_of(noise, layout);
+  return in;
+}
+
+struct QSampleRandnInputs {
+  at::Tensor z, noise;  // the outputs, one layout
+  at::Tensor x;         // x0 in z's layout (undefined when z is empty)
+  int64_t B, D;
+};
+
+inline QSampleRandnInputs prepare_q_sample_randn(const at::Tensor& x0, const at::Tensor& alpha,
+                                                 const at::Tensor& sigma, const at::Tensor& seed) {
+  constexpr const char* op = "vdm_fast::q_sample_randn";
+  check_data(op, "x0", x0);
+  check_coeff_pair(op, x0, "alpha", alpha, "sigma", sigma);
+  check_seed(op, seed, x0.device());
+  QSampleRandnInputs in{new_output_like(x0), new_output_like(x0), {}, x0.size(0), per_sample_numel(x0)};
+  if (in.z.numel() > 0) in.x = in_layout_of(x0, in.z);
+  return in;
+}
+
+}  // namespace vdm_fast
