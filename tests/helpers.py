@@ -81,3 +81,12 @@ def assert_compiled_matches_eager(loss, args, wrt) -> None:
     assert_tight(got_loss, want_loss)
     for g, w in zip(got, want):
         assert_tight(g, w)
+
+
+def assert_inputs_not_modified(run, inputs) -> None:
+    """run(*inputs) and the backward of its (first) output leave every input as it was."""
+    before = [t.detach().clone() for t in inputs]
+    out = run(*inputs)
+    (out[0] if isinstance(out, tuple) else out).sum().backward()
+    for b, t in zip(before, inputs):
+        assert torch.equal(b, t.detach())
