@@ -7,6 +7,7 @@ random: ``HYPOTHESIS_PROFILE=dev pytest tests/test_hardening.py``).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 
@@ -97,3 +98,72 @@ def test_more_than_2_31_elements_on_cpu():
     noise[1, -2] = 1.0
     z = vdm_fast.q_sample(x0, torch.tensor([0.5, 2.0]), torch.tensor([0.25, 4.0]), noise)
     assert z[1, -1].item() == 2.0 and z[1, -2].item() == 4.0 and z[0].abs().sum().item() == 0.0
+
+
+# --- more than 2^31 elements: the Philox counter and the reductions (run with --runslow) ----------
+# Each uses (2, 2^30 + 512) bfloat16 tensors (2^31 + 1024 elements, 4.3 GB each) and checks
+# elements whose flat index is past 2^31 against values computed independently.
+
+BIG = (2, 2**30 + 512)
+
+
+def _stream_normals(seed: int, first: int, n: int) -> torch.Tensor:
+    """float64 Box–Muller normals of elements [first, first + n) of stream (seed, 0), from the
+    integer-math reference words (first a multiple of 4)."""
+    words = reference.philox_words(seed, 0, first // 4, (n + 3) // 4)
+    u = ((words >> 8) + 1).double() * 2.0**-24
+    r0, r1 = torch.sqrt(-2 * torch.log(u[:, 0])), torch.sqrt(-2 * torch.log(u[:, 2]))
+    t0, t1 = 2 * math.pi * u[:, 1], 2 * math.pi * u[:, 3]
+    out = torch.stack([r0 * torch.cos(t0), r0 * torch.sin(t0), r1 * torch.cos(t1), r1 * torch.sin(t1)], 1)
+    return out.reshape(-1)[:n]
+
+
+def _assert_tail_is_stream(flat: torch.Tensor, seed: int, scale: float = 1.0) -> None:
+    """The last 64 elements and the 64 from index 2^31 are scale * the stream, within bfloat16 rounding (two roundings for z)."""
+    for first in (2**31, flat.numel() - 64):
+        want = scale * _stream_normals(seed, first, 64)
+        torch.testing.assert_close(flat[first:first + 64].double(), want, rtol=2**-7, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not vdm_fast._library.has_native_kernel("randn_like", "CPU"), reason="not built")
+def test_randn_like_past_2_31_elements_on_cpu():
+    seed = 0x1234_5678_9ABC
+    out = torch.ops.vdm_fast.randn_like(torch.empty(BIG, dtype=torch.bfloat16), torch.tensor(seed), 0)
+    _assert_tail_is_stream(out.reshape(-1), seed)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not vdm_fast._library.has_native_kernel("q_sample_randn", "CPU"), reason="not built")
+def test_q_sample_randn_past_2_31_elements_on_cpu():
+    seed = 77
+    x0 = torch.zeros(BIG, dtype=torch.bfloat16)
+    z, noise = torch.ops.vdm_fast.q_sample_randn(x0, torch.tensor([1.0, 1.0]), torch.tensor([3.0, 3.0]),
+                                                  torch.tensor(seed), 0)
+    del x0
+    _assert_tail_is_stream(noise.reshape(-1), seed)
+    _assert_tail_is_stream(z.reshape(-1), seed, scale=3.0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not vdm_fast._library.has_native_kernel("reverse_step", "CPU"), reason="not built")
+def test_reverse_step_draws_past_2_31_elements_on_cpu():
+    """z_next = c_n * noise with the noise drawn in-kernel: element i's noise is stream element i."""
+    seed = 2024
+    z = torch.zeros(BIG, dtype=torch.bfloat16)
+    coeffs = torch.zeros(6, 2)
+    coeffs[5] = 2.0  # c_n
+    out = torch.ops.vdm_fast.reverse_step(z, z, coeffs, seed=torch.tensor(seed), offset=0)
+    del z
+    _assert_tail_is_stream(out.reshape(-1), seed, scale=2.0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not vdm_fast._library.has_native_kernel("prior_kl", "CPU"), reason="not built")
+def test_prior_kl_sums_past_2_31_elements_on_cpu():
+    """Sample 1's only non-zeros lie past flat index 2^31: its sum of squares must see them."""
+    x0 = torch.zeros(BIG, dtype=torch.bfloat16)
+    x0[1, -3:] = 2.0
+    a, s = torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0])
+    kl = torch.ops.vdm_fast.prior_kl(x0, a, s)
+    assert kl.tolist() == [0.0, 0.5 * 12.0]  # 0.5 a^2 sum(x0^2) + 0.5 D (s^2 - 1 - log s^2)

@@ -168,6 +168,8 @@ void words_soa(uint64_t seed, uint64_t offset, uint64_t first_block, int64_t n, 
 #if defined(VDM_FAST_PHILOX_X86)
   if (isa == PhiloxIsa::kAvx512) return words_soa_avx512(seed, offset, first_block, n, w0, w1, w2, w3);
   if (isa == PhiloxIsa::kAvx2) return words_soa_avx2(seed, offset, first_block, n, w0, w1, w2, w3);
+#else
+  (void)isa;  // only the scalar path exists in this build
 #endif
   words_soa_generic(seed, offset, first_block, n, w0, w1, w2, w3);
 }
