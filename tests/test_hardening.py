@@ -7,7 +7,6 @@ random: ``HYPOTHESIS_PROFILE=dev pytest tests/test_hardening.py``).
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 
@@ -107,21 +106,11 @@ def test_more_than_2_31_elements_on_cpu():
 BIG = (2, 2**30 + 512)
 
 
-def _stream_normals(seed: int, first: int, n: int) -> torch.Tensor:
-    """float64 Box–Muller normals of elements [first, first + n) of stream (seed, 0), from the
-    integer-math reference words (first a multiple of 4)."""
-    words = reference.philox_words(seed, 0, first // 4, (n + 3) // 4)
-    u = ((words >> 8) + 1).double() * 2.0**-24
-    r0, r1 = torch.sqrt(-2 * torch.log(u[:, 0])), torch.sqrt(-2 * torch.log(u[:, 2]))
-    t0, t1 = 2 * math.pi * u[:, 1], 2 * math.pi * u[:, 3]
-    out = torch.stack([r0 * torch.cos(t0), r0 * torch.sin(t0), r1 * torch.cos(t1), r1 * torch.sin(t1)], 1)
-    return out.reshape(-1)[:n]
-
-
 def _assert_tail_is_stream(flat: torch.Tensor, seed: int, scale: float = 1.0) -> None:
-    """The last 64 elements and the 64 from index 2^31 are scale * the stream, within bfloat16 rounding (two roundings for z)."""
+    """The last 64 elements and the 64 from index 2^31 are scale * the stream, within bfloat16
+    rounding (two roundings for z)."""
     for first in (2**31, flat.numel() - 64):
-        want = scale * _stream_normals(seed, first, 64)
+        want = scale * reference.philox_normals(seed, 0, 64, first=first).double()
         torch.testing.assert_close(flat[first:first + 64].double(), want, rtol=2**-7, atol=1e-6)
 
 

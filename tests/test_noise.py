@@ -235,6 +235,13 @@ def test_normals_exact_mapping_of_elements():
             assert got[j, 2 * pair + 1] == pytest.approx(r * math.sin(theta), rel=1e-6, abs=1e-6)
 
 
+def test_reference_normals_from_any_block():
+    """reference.philox_normals(first=...) is the same stream read from a later block."""
+    assert torch.equal(reference.philox_normals(9, 2, 12, first=8), reference.philox_normals(9, 2, 20)[8:])
+    with pytest.raises(ValueError, match="first"):
+        reference.philox_normals(9, 2, 4, first=6)
+
+
 @pytest.mark.skipif(not vdm_fast._library.has_native_kernel("randn_like", "CPU"), reason="not built")
 def test_cpu_normals_many_elements_and_thread_splits():
     """2^21 + 3 elements: every tile / thread boundary, one partial block. Error bound: a few

@@ -216,9 +216,12 @@ def philox_words(seed: int, offset: int, first_block: int, n_blocks: int, device
     return torch.stack(words, dim=1)
 
 
-def philox_normals(seed: int, offset: int, n: int, device=None) -> torch.Tensor:
-    """Float32 standard normals of elements 0..n-1 of stream (seed, offset)."""
-    words = philox_words(seed, offset, 0, (n + 3) // 4, device)
+def philox_normals(seed: int, offset: int, n: int, device=None, first: int = 0) -> torch.Tensor:
+    """Float32 standard normals of elements first .. first+n-1 of stream (seed, offset); first is
+    a block boundary (a multiple of 4)."""
+    if first % 4:
+        raise ValueError(f"philox_normals: first must be a multiple of 4, got {first}")
+    words = philox_words(seed, offset, first // 4, (n + 3) // 4, device)
     u = ((words >> 8) + 1).double() * 2.0**-24  # (0, 1], exact
     r0, r1 = torch.sqrt(-2 * torch.log(u[:, 0])), torch.sqrt(-2 * torch.log(u[:, 2]))
     t0, t1 = 2 * math.pi * u[:, 1], 2 * math.pi * u[:, 3]
