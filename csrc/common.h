@@ -1,6 +1,6 @@
 // Shared host-side helpers for every vdm_fast op: argument checks and the memory-layout rule.
 //
-// Layout rule (DESIGN.md §4, docs/DESIGN_NOTES.md): a kernel sees its data as B samples of D
+// Layout rule (DESIGN.md §4.8): a kernel sees its data as B samples of D
 // elements, sample b occupying storage offsets [b*D, (b+1)*D). A tensor is used as it is when it
 // is "batch-major dense" (non-overlapping and dense, and dim 0 has stride D: contiguous,
 // channels_last, ...); otherwise it is copied once into that layout. Outputs take the strides of

@@ -2,7 +2,7 @@
 // function here is inline and compiles for host and device. kernels/philox.py is the same
 // algorithm in Triton, vdm_fast/reference.py the same stream in integer torch math.
 //
-// The stream (docs/DESIGN_NOTES.md, "Noise"): for a 64-bit seed and a 64-bit offset, element i
+// The stream (DESIGN.md §6): for a 64-bit seed and a 64-bit offset, element i
 // (a flat index into the output's memory) is output lane i % 4 of the Philox4x32-10 block
 //     counter = (lo32(i / 4), hi32(i / 4), lo32(offset), hi32(offset)),  key = (lo32(seed), hi32(seed)).
 // A block's four words x0..x3 become uniforms u = ((x >> 8) + 1) * 2^-24 in (0, 1] (exact in

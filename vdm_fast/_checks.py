@@ -78,7 +78,7 @@ def per_sample(op: str, name: str, value, batch: int, device: torch.device, dtyp
     raise TypeError(f"{op}: {name} must be a float or a floating-point tensor, got {type(value).__name__}")
 
 
-# --- value policies (docs/DESIGN_NOTES.md, "Policies") ----------------------------------------------
+# --- value policies (DESIGN.md §4.10) -----------------------------------------------------------------
 # Value checks use torch._assert_async: immediate on the CPU, no host synchronisation on a GPU
 # (the error surfaces at the next sync), traceable by torch.compile. Only domain errors are checked
 # (a log or a division that would be undefined); NaN/Inf in coefficients are not scanned for.

@@ -2,7 +2,7 @@
 
 Native op ``vdm_fast::randn_like`` (csrc/cpu/noise.cpp, csrc/cuda/noise.cu), Triton op
 ``vdm_fast::randn_like_triton`` (kernels/philox.py), reference ``vdm_fast.reference.randn_like``
-(integer torch math). The stream is defined in csrc/philox.h and docs/DESIGN_NOTES.md ("Noise").
+(integer torch math). The stream is defined in csrc/philox.h and DESIGN.md §6.
 
 Every op that draws noise in-kernel takes ``(seed: Tensor, offset: int)``: the seed is one int64
 drawn from a torch.Generator by :func:`draw_seed` (so the generator advances and consecutive calls
@@ -65,7 +65,7 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None = None, *, bac
 
     Returns:
         Noise of ``x``'s shape and dtype (drawn in float32, then cast), in ``x``'s layout when
-        ``x`` is batch-major dense (docs/DESIGN_NOTES.md), else contiguous. Never requires grad.
+        ``x`` is batch-major dense (DESIGN.md §4.8), else contiguous. Never requires grad.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{NAME}: x must be a torch.Tensor, got {type(x).__name__}")

@@ -76,7 +76,7 @@ def recon_nll(x0: torch.Tensor, z0: torch.Tensor, alpha_0, sigma_0, decoder: str
     Args:
         x0: data on VDM's grid of bin centres 2(k + 1/2)/256 - 1, k = 0..255 (values are
             assigned to the nearest bin, ``reference.bin_index``); values outside [-1, 1] or NaN
-            raise (docs/DESIGN_NOTES.md, "Policies").
+            raise (DESIGN.md §4.10).
         z0: the latent at t = 0, same shape/dtype/device as x0.
         alpha_0, sigma_0: per-sample scales at t = 0: a float, a 0-d, (B,) or (B, 1, ..., 1) tensor;
             sigma_0 > 0.
