@@ -18,7 +18,7 @@ import glob
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -111,14 +111,37 @@ def native_extensions():
             extra_link_args=link_flags,
             py_limited_api=True,
         )
-    cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
-    return [ext], cmdclass
+    use_ninja = shutil.which("ninja") is not None
+
+    class BuildExt(cpp_extension.BuildExtension):
+        # One object folder whatever the command (editable install, wheel, build_ext --inplace):
+        # ninja then recompiles only what changed (it also tracks headers and compile commands),
+        # and a wheel built after an editable install reuses its objects instead of compiling
+        # everything again. Without ninja, setuptools would reuse objects by source timestamps
+        # alone (stale after a header edit), so the default per-build folder stays.
+        def finalize_options(self):
+            super().finalize_options()
+            if use_ninja:
+                self.build_temp = os.path.join(ROOT, "build", "temp")
+
+    return [ext], {"build_ext": BuildExt.with_options(use_ninja=use_ninja)}
+
+
+def packages():
+    """Every package under vdm_fast/, and kernels/ (the Triton kernels) installed as
+    vdm_fast.kernels: found, not listed, so a new subpackage cannot be left out of the wheel."""
+    found = find_packages(include=["vdm_fast", "vdm_fast.*"])
+    found += ["vdm_fast.kernels"] + [f"vdm_fast.kernels.{p}" for p in find_packages("kernels")]
+    return found
 
 
 ext_modules, cmdclass = native_extensions()
 
 setup(
+    packages=packages(),
+    package_dir={"vdm_fast.kernels": "kernels"},
+    package_data={"vdm_fast": ["py.typed"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},
 )

@@ -18,6 +18,7 @@ import warnings
 import torch
 
 from . import _library
+from ._namespace import public_dir
 
 BACKENDS = ("cpu", "cuda", "triton", "reference")
 ENV_VAR = "VDM_FAST_BACKEND"
@@ -122,3 +123,8 @@ def clear_cache() -> None:
 def available(device_type: str, op: str = "q_sample") -> list[str]:
     """The backends that can run ``op`` on tensors of ``device_type`` in this process."""
     return [b for b in BACKENDS if unavailable_reason(b, device_type, op) is None]
+
+
+__all__ = ["BACKENDS", "ENV_VAR", "triton_status", "unavailable_reason", "resolve", "clear_cache",
+    "available"]
+__dir__ = public_dir(__all__)

@@ -35,6 +35,7 @@ from ._checks import compute_dtype
 from .elbo import LN2, PARAMETERIZATIONS, BitsPerDim
 from .ops import discretized_gaussian_nll, prior_kl, q_sample, sq_error
 from .schedules import DiscreteSchedule
+from ._namespace import public_dir
 
 VARIANCES = ("fixed_small", "fixed_large")
 
@@ -169,3 +170,7 @@ def calc_bpd_loop(model, x0: torch.Tensor, schedule: DiscreteSchedule, *, parame
     prior_bpd = prior_kl(x0, a1, s1, backend=backend) / (D * LN2)
     return {"total_bpd": vb.sum(1) + prior_bpd, "prior_bpd": prior_bpd, "vb": vb, "xstart_mse": xstart_mse,
             "mse": mse}
+
+
+__all__ = ["VARIANCES", "to_vdm_grid", "to_ddpm_grid", "vdm_bpd", "calc_bpd_loop"]
+__dir__ = public_dir(__all__)

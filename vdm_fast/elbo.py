@@ -30,6 +30,7 @@ import torch.nn as nn
 from ._checks import compute_dtype
 from .ops import prior_kl, q_sample, recon_nll, sq_error
 from .schedules import DiscreteSchedule
+from ._namespace import public_dir
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "score")
 WEIGHTINGS = ("elbo", "simple", "min_snr")
@@ -329,3 +330,8 @@ class VDMLoss(nn.Module):
         if self.weighting == "simple":
             return mse
         return min_snr_weight(g, self.parameterization, self.snr_gamma) * mse
+
+
+__all__ = ["PARAMETERIZATIONS", "WEIGHTINGS", "BitsPerDim", "ELBOTerms", "sample_time", "diffusion_weight",
+    "min_snr_weight", "elbo", "VDMLoss"]
+__dir__ = public_dir(__all__)

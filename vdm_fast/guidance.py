@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from ._namespace import public_dir
 
 
 class ClassifierFree:
@@ -162,3 +163,4 @@ def guided_output(m, uncond=None, guidance_scale=None, classifier_grad=None, gra
 
 __all__ = ["ClassifierFree", "classifier_free", "classifier_free_pair", "Classifier", "classifier",
            "classifier_grad_scale", "guided_output"]
+__dir__ = public_dir(__all__)

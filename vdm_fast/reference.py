@@ -14,6 +14,7 @@ import math
 import torch
 
 from ._checks import compute_dtype
+from ._namespace import public_dir
 
 
 def _per_sample_view(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -22,7 +23,7 @@ def _per_sample_view(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def q_sample(x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """The forward process q(z_t | x): z_t = alpha_t * x0 + sigma_t * noise (Luo eq. 61)."""
+    """The forward process q(z_t | x): z_t = alpha_t * x0 + sigma_t * noise (Luo eq. 69)."""
     cdt = compute_dtype(x0.dtype)
     a = _per_sample_view(alpha.to(cdt), x0)
     s = _per_sample_view(sigma.to(cdt), x0)
@@ -248,3 +249,9 @@ def q_sample_randn(x0, alpha, sigma, seed, offset) -> tuple[torch.Tensor, torch.
     """(q_sample(x0, alpha, sigma, n), n) with n = randn_like(x0, seed, offset)."""
     noise = randn_like(x0, seed, offset)
     return q_sample(x0, alpha, sigma, noise), noise
+
+
+__all__ = ["TARGETS", "DECODERS", "CDFS", "STEP_COEFFS", "PHILOX_MUL", "PHILOX_WEYL", "q_sample",
+    "regression_target", "sq_error", "prior_kl", "bin_index", "recon_nll", "discretized_gaussian_nll",
+    "reverse_step", "philox4x32_10", "philox_words", "philox_normals", "randn_like", "q_sample_randn"]
+__dir__ = public_dir(__all__)

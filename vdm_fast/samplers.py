@@ -50,6 +50,7 @@ from . import guidance as _guidance
 from .ops.noise import randn_like
 from .ops.reverse_step import reverse_step
 from .schedules import DiscreteSchedule, Schedule
+from ._namespace import public_dir
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "score")
 VARIANCES = ("posterior", "beta")
@@ -246,7 +247,7 @@ def annealed_langevin_step_sizes(gamma_levels, epsilon: float | None = None) -> 
 
 
 def reverse_diffusion_coeffs(gamma_t, gamma_s, parameterization: str = "eps") -> torch.Tensor:
-    """score_sde's reverse-diffusion predictor for the VP SDE (Song et al. 2021, App. F):
+    """score_sde's reverse-diffusion predictor for the VP SDE (Song et al. 2021, App. E, eq. 46):
     z_s = (2 - sqrt(1 - beta)) z_t + beta ŝ + sqrt(beta) n, beta = 1 - alpha_t²/alpha_s².
     A step to the clean level (sigma_s = 0) is the denoising step z_s = x̂."""
     g_t, g_s = _gamma_pair(gamma_t, gamma_s)
@@ -628,3 +629,4 @@ __all__ = [
     "langevin_corrector_coeffs", "ode_euler_coeffs", "ode_heun_coeffs", "sample_ancestral", "sample_ddim",
     "sample_langevin", "sample_annealed_langevin", "sample_pc", "sample_ode",
 ]
+__dir__ = public_dir(__all__)

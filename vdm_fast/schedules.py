@@ -24,6 +24,7 @@ import math
 
 import torch
 import torch.nn as nn
+from ._namespace import public_dir
 
 _COEFF_DTYPES = (torch.float32, torch.float64)
 
@@ -288,3 +289,8 @@ class MonotoneGamma(_LearnedGamma):
         # d/dt (2 sigmoid(u) - 1) = 2 s (1 - s) du/dt, du/dt = 2 |w2|.
         h_prime = self.l1_weight.abs().to(t.dtype) + (4 * s * (1 - s) * w2 * w3).sum(-1) / self.n_features
         return h_prime / (ends[1] - ends[0])
+
+
+__all__ = ["Schedule", "linear_betas", "cosine_betas", "DiscreteSchedule", "LinearGamma",
+    "LearnedLinearGamma", "MonotoneGamma"]
+__dir__ = public_dir(__all__)

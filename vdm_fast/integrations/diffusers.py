@@ -57,6 +57,7 @@ from ..ops.q_sample import q_sample
 from ..ops.reverse_step import reverse_step
 from ..schedules import DiscreteSchedule
 from . import _diffusers_coeffs as coeffs
+from .._namespace import public_dir
 
 
 class _FusedForwardProcess:
@@ -369,3 +370,4 @@ class DDIMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDIMSche
 
 
 __all__ = ["DDPMScheduler", "DDIMScheduler"]
+__dir__ = public_dir(__all__)

@@ -8,5 +8,7 @@ from .q_sample_randn import q_sample_randn
 from .recon_nll import recon_nll
 from .reverse_step import reverse_step
 from .sq_error import sq_error
+from .._namespace import public_dir
 
 __all__ = ["q_sample", "sq_error", "prior_kl", "recon_nll", "discretized_gaussian_nll", "reverse_step", "randn_like", "q_sample_randn"]
+__dir__ = public_dir(__all__)
