@@ -32,3 +32,11 @@ def has_native_kernel(op: str, dispatch_key: str) -> bool:
 def native_op(op: str):
     """The OpOverload ``torch.ops.vdm_fast.<op>.default``."""
     return getattr(getattr(torch.ops, NAMESPACE), op).default
+
+
+def cpu_isa() -> str | None:
+    """The instruction set the C++ CPU loops run with ("default", "avx2" or "avx512": the widest the
+    CPU has, capped by ATEN_CPU_CAPABILITY; DESIGN.md §7.1), or None without the native library."""
+    if native_load_error is not None:
+        return None
+    return native_op("cpu_isa")()

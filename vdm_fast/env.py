@@ -34,6 +34,7 @@ def report() -> str:
         + (" (interpreter: TRITON_INTERPRET=1)" if os.environ.get("TRITON_INTERPRET") == "1" else ""),
         f"diffusers       {_version('diffusers')}",
         f"native library  {'loaded' if _library.native_load_error is None else 'NOT LOADED: ' + _library.native_load_error}",
+        f"cpu loops       {_library.cpu_isa() or '-'} (the widest the CPU has, capped by ATEN_CPU_CAPABILITY)",
         f"{backends.ENV_VAR:<15} {os.environ.get(backends.ENV_VAR) or '(unset: automatic choice)'}",
         "",
         f"{'op':<26} {'cpu kernel':<11} {'cuda kernel':<12} default on cpu / cuda   runnable here (cpu tensors)",

@@ -2,19 +2,17 @@
 // the ops randn_like and philox_bits.
 //
 // Vectorisation: a tile of blocks is generated structure-of-arrays (one array per counter word,
-// one lane per block) — AVX-512F or AVX2 intrinsics when the CPU has them (checked at run time),
-// else a scalar loop — then turned into normals by a second loop, VDM_FAST_CPU_CLONES (baseline /
-// AVX2 / AVX-512, chosen at load time). The words are integers, exact on every path, so the path
-// taken never changes a bit of the stream. No -march=native anywhere.
+// one lane per block) — AVX-512F or AVX2 intrinsics, else a scalar loop — then turned into normals
+// by a second loop compiled for baseline / AVX2 / AVX-512. Both choose by cpu_isa() (csrc/cpu/isa.h:
+// the CPU's widest level, capped by ATEN_CPU_CAPABILITY). The words are integers, exact on every
+// path, so the path taken never changes a bit of the stream. No -march=native anywhere.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 
 #include "common.h"
 #include "cpu/noise.h"
@@ -22,9 +20,9 @@
 #include "noise_args.h"
 #include "philox.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(VDM_FAST_NO_CLONES)
+#if defined(VDM_FAST_X86_DISPATCH)
 #include <immintrin.h>
-#define VDM_FAST_PHILOX_X86 1  // AVX-512 / AVX2 Philox, chosen at run time (__builtin_cpu_supports)
+#define VDM_FAST_PHILOX_X86 1  // AVX-512 / AVX2 Philox, chosen at run time (cpu_isa())
 #endif
 
 namespace vdm_fast {
@@ -34,9 +32,8 @@ namespace {
 constexpr int64_t kTileBlocks = kNoiseTile / 4;
 
 // w0..w3[k] = words of block first_block + k, k < n (n <= kTileBlocks). Portable version.
-VDM_FAST_CPU_CLONES void words_soa_generic(uint64_t seed, uint64_t offset, uint64_t first_block, int64_t n,
-                                   uint32_t* __restrict w0, uint32_t* __restrict w1, uint32_t* __restrict w2,
-                                   uint32_t* __restrict w3) {
+void words_soa_generic(uint64_t seed, uint64_t offset, uint64_t first_block, int64_t n, uint32_t* __restrict w0,
+                       uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3) {
   const uint32_t o0 = philox::lo32(offset), o1 = philox::hi32(offset);
   const uint32_t k0 = philox::lo32(seed), k1 = philox::hi32(seed);
   for (int64_t k = 0; k < n; ++k) {
@@ -147,38 +144,22 @@ __attribute__((target("avx2"))) void words_soa_avx2(uint64_t seed, uint64_t offs
 }
 #endif
 
-enum class PhiloxIsa { kGeneric, kAvx2, kAvx512 };
-
-// The widest Philox this CPU runs, capped by ATEN_CPU_CAPABILITY (PyTorch's own switch: "default",
-// "avx2", "avx512") so that the tests can run every path on one machine.
-PhiloxIsa philox_isa() {
-#if defined(VDM_FAST_PHILOX_X86)
-  const char* cap = std::getenv("ATEN_CPU_CAPABILITY");
-  const std::string want = cap ? cap : "";
-  if (want == "default") return PhiloxIsa::kGeneric;
-  if (want != "avx2" && __builtin_cpu_supports("avx512f")) return PhiloxIsa::kAvx512;
-  if (__builtin_cpu_supports("avx2")) return PhiloxIsa::kAvx2;
-#endif
-  return PhiloxIsa::kGeneric;
-}
-
+// The words with the widest intrinsics cpu_isa() allows (so the tests can run every path on one
+// machine through ATEN_CPU_CAPABILITY).
 void words_soa(uint64_t seed, uint64_t offset, uint64_t first_block, int64_t n, uint32_t* w0, uint32_t* w1,
                uint32_t* w2, uint32_t* w3) {
-  static const PhiloxIsa isa = philox_isa();
 #if defined(VDM_FAST_PHILOX_X86)
-  if (isa == PhiloxIsa::kAvx512) return words_soa_avx512(seed, offset, first_block, n, w0, w1, w2, w3);
-  if (isa == PhiloxIsa::kAvx2) return words_soa_avx2(seed, offset, first_block, n, w0, w1, w2, w3);
-#else
-  (void)isa;  // only the scalar path exists in this build
+  const Isa isa = cpu_isa();
+  if (isa == Isa::kAvx512) return words_soa_avx512(seed, offset, first_block, n, w0, w1, w2, w3);
+  if (isa == Isa::kAvx2) return words_soa_avx2(seed, offset, first_block, n, w0, w1, w2, w3);
 #endif
   words_soa_generic(seed, offset, first_block, n, w0, w1, w2, w3);
 }
 
 // out[4k .. 4k+4) = normals of the words of block k. Vectorises thanks to -fno-math-errno
 // (setup.py): otherwise sqrtf keeps a scalar errno branch.
-VDM_FAST_CPU_CLONES void normals_from_words(const uint32_t* __restrict w0, const uint32_t* __restrict w1,
-                                            const uint32_t* __restrict w2, const uint32_t* __restrict w3,
-                                            int64_t n, float* __restrict out) {
+void normals_from_words(const uint32_t* __restrict w0, const uint32_t* __restrict w1, const uint32_t* __restrict w2,
+                        const uint32_t* __restrict w3, int64_t n, float* __restrict out) {
   for (int64_t k = 0; k < n; ++k) {
     float a, b, c, d;
     philox::box_muller(w0[k], w1[k], &a, &b);
@@ -196,7 +177,7 @@ void normals_blocks(uint64_t seed, uint64_t offset, uint64_t first_block, int64_
   for (int64_t k = 0; k < n_blocks; k += kTileBlocks) {
     const int64_t len = std::min(kTileBlocks, n_blocks - k);
     words_soa(seed, offset, first_block + static_cast<uint64_t>(k), len, w[0], w[1], w[2], w[3]);
-    normals_from_words(w[0], w[1], w[2], w[3], len, out + 4 * k);
+    with_cpu_isa([&] { normals_from_words(w[0], w[1], w[2], w[3], len, out + 4 * k); });
   }
 }
 
@@ -207,7 +188,7 @@ void philox_normals(uint64_t seed, uint64_t offset, int64_t first, int64_t n, fl
   const int64_t end = first + n;
   float part[4];
   // Partial blocks go through normals_blocks too, never the scalar philox::philox_normal4: the
-  // clones of normals_from_words may contract to FMA, so only one code path gives every element
+  // wide copies of normals_from_words may contract to FMA, so only one code path gives every element
   // the same bits whatever the split (tiles, threads, samples).
   if (i % 4 != 0 && i < end) {  // head: the rest of a partly wanted block
     normals_blocks(seed, offset, static_cast<uint64_t>(i / 4), 1, part);
@@ -239,7 +220,7 @@ void philox_words(uint64_t seed, uint64_t offset, uint64_t first_block, int64_t 
 namespace {
 
 template <typename scalar_t>
-VDM_FAST_CPU_CLONES void cast_segment(scalar_t* __restrict out, const float* __restrict in, int64_t n) {
+void cast_segment(scalar_t* __restrict out, const float* __restrict in, int64_t n) {
   for (int64_t k = 0; k < n; ++k) out[k] = static_cast<scalar_t>(in[k]);
 }
 
@@ -267,7 +248,7 @@ at::Tensor randn_like_cpu(const at::Tensor& x, const at::Tensor& seed, int64_t o
         for (int64_t i = lo; i < hi; i += kNoiseTile) {
           const int64_t len = std::min(kNoiseTile, hi - i);
           philox_normals(s, off, i, len, buf);
-          cast_segment<scalar_t>(op_ + i, buf, len);
+          with_cpu_isa([&] { cast_segment<scalar_t>(op_ + i, buf, len); });
         }
       }
     });

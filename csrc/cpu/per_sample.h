@@ -1,9 +1,9 @@
 // CPU loop helpers shared by every op: data is B samples of D contiguous elements (see
 // csrc/common.h); per-sample scalars are indexed by b.
 //
-// Instruction sets: the inner loops are plain loops over raw pointers that GCC auto-vectorises.
-// VDM_FAST_CPU_CLONES compiles such a loop for baseline x86-64, x86-64-v3 (AVX2+FMA) and
-// x86-64-v4 (AVX-512) and picks one at load time (an ifunc), so a shipped wheel uses the widest
+// Instruction sets: the inner loops are plain loops over raw pointers that GCC auto-vectorises;
+// callers run each one through with_cpu_isa (csrc/cpu/isa.h), which compiles it for baseline
+// x86-64, AVX2+FMA and AVX-512 and picks one at run time, so a shipped wheel uses the widest
 // vectors the machine has without -march=native.
 #pragma once
 
@@ -16,11 +16,7 @@
 #include <array>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(VDM_FAST_NO_CLONES)
-#define VDM_FAST_CPU_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define VDM_FAST_CPU_CLONES
-#endif
+#include "cpu/isa.h"
 
 namespace vdm_fast {
 namespace cpu {

@@ -18,7 +18,7 @@ namespace {
 constexpr int64_t kBlock = 1024;
 
 template <typename scalar_t, typename acc_t>
-VDM_FAST_CPU_CLONES acc_t sum_squares_block(const scalar_t* __restrict x, int64_t len) {
+acc_t sum_squares_block(const scalar_t* __restrict x, int64_t len) {
   acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < len; ++i) {
@@ -30,8 +30,8 @@ VDM_FAST_CPU_CLONES acc_t sum_squares_block(const scalar_t* __restrict x, int64_
 
 // gx = k * x (k = grad * a^2), and the block's sum of squares when wanted.
 template <typename scalar_t, typename acc_t>
-VDM_FAST_CPU_CLONES acc_t prior_kl_backward_block(scalar_t* __restrict gx, const scalar_t* __restrict x, acc_t k,
-                                                  bool want_sum, int64_t len) {
+acc_t prior_kl_backward_block(scalar_t* __restrict gx, const scalar_t* __restrict x, acc_t k, bool want_sum,
+                              int64_t len) {
   if (gx) {
     for (int64_t i = 0; i < len; ++i) gx[i] = static_cast<scalar_t>(k * static_cast<acc_t>(x[i]));
   }
@@ -47,7 +47,9 @@ at::Tensor prior_kl_cpu(const at::Tensor& x0, const at::Tensor& alpha, const at:
     using acc = acc_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const std::vector<double> sums = reduce_per_sample<1>(B, D, [&](int64_t, int64_t begin, int64_t end, double* o) {
-      for (int64_t i = begin; i < end; i += kBlock) o[0] += sum_squares_block<scalar_t, acc>(xp + i, std::min(kBlock, end - i));
+      for (int64_t i = begin; i < end; i += kBlock) {
+        o[0] += with_cpu_isa([&] { return sum_squares_block<scalar_t, acc>(xp + i, std::min(kBlock, end - i)); });
+      }
     });
     const acc* ap = alpha.const_data_ptr<acc>();
     const acc* sp = sigma.const_data_ptr<acc>();
@@ -81,8 +83,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prior_kl_backward_cpu(const at::T
       sums = reduce_per_sample<1>(B, D, [&](int64_t b, int64_t begin, int64_t end, double* o) {
         const acc k = up[b] * ap[b] * ap[b];
         for (int64_t i = begin; i < end; i += kBlock) {
-          o[0] += prior_kl_backward_block<scalar_t, acc>(gxp ? gxp + i : nullptr, xp + i, k, want_sums,
-                                                         std::min(kBlock, end - i));
+          o[0] += with_cpu_isa([&] {
+            return prior_kl_backward_block<scalar_t, acc>(gxp ? gxp + i : nullptr, xp + i, k, want_sums,
+                                                          std::min(kBlock, end - i));
+          });
         }
       });
     }

@@ -12,9 +12,8 @@ namespace cpu {
 namespace {
 
 template <typename scalar_t, typename acc_t>
-VDM_FAST_CPU_CLONES void q_sample_segment(scalar_t* __restrict z, const scalar_t* __restrict x0,
-                                          const scalar_t* __restrict noise, acc_t alpha, acc_t sigma,
-                                          int64_t n) {
+void q_sample_segment(scalar_t* __restrict z, const scalar_t* __restrict x0, const scalar_t* __restrict noise,
+                      acc_t alpha, acc_t sigma, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     z[i] = static_cast<scalar_t>(alpha * static_cast<acc_t>(x0[i]) + sigma * static_cast<acc_t>(noise[i]));
   }
@@ -23,10 +22,9 @@ VDM_FAST_CPU_CLONES void q_sample_segment(scalar_t* __restrict z, const scalar_t
 // Writes grad_x0 / grad_noise (either may be null) and returns the segment's sums of grad*x0 and
 // grad*noise (computed only when wanted).
 template <typename scalar_t, typename acc_t>
-VDM_FAST_CPU_CLONES void q_sample_backward_segment(scalar_t* __restrict gx, scalar_t* __restrict gn,
-                                                   const scalar_t* __restrict g, const scalar_t* __restrict x0,
-                                                   const scalar_t* __restrict noise, acc_t alpha, acc_t sigma,
-                                                   bool want_sums, int64_t n, acc_t* sums) {
+void q_sample_backward_segment(scalar_t* __restrict gx, scalar_t* __restrict gn, const scalar_t* __restrict g,
+                               const scalar_t* __restrict x0, const scalar_t* __restrict noise, acc_t alpha,
+                               acc_t sigma, bool want_sums, int64_t n, acc_t* sums) {
   if (gx) {
     for (int64_t i = 0; i < n; ++i) gx[i] = static_cast<scalar_t>(alpha * static_cast<acc_t>(g[i]));
   }
@@ -63,7 +61,9 @@ at::Tensor q_sample_cpu(const at::Tensor& x0, const at::Tensor& alpha, const at:
     const acc* ap = alpha.const_data_ptr<acc>();
     const acc* sp = sigma.const_data_ptr<acc>();
     for_each_segment(B, D, [&](int64_t b, int64_t begin, int64_t end) {
-      q_sample_segment<scalar_t, acc>(zp + begin, xp + begin, np + begin, ap[b], sp[b], end - begin);
+      with_cpu_isa([&] {
+        q_sample_segment<scalar_t, acc>(zp + begin, xp + begin, np + begin, ap[b], sp[b], end - begin);
+      });
     });
   });
   return z;
@@ -92,8 +92,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> q_sample_backward_cpu
       for (int64_t i = begin; i < end; i += kSumBlock) {
         const int64_t len = std::min(kSumBlock, end - i);
         acc part[2] = {0, 0};
-        q_sample_backward_segment<scalar_t, acc>(gxp ? gxp + i : nullptr, gnp ? gnp + i : nullptr, gp + i, xp + i,
-                                                 np + i, ap[b], sp[b], want_sums, len, part);
+        with_cpu_isa([&] {
+          q_sample_backward_segment<scalar_t, acc>(gxp ? gxp + i : nullptr, gnp ? gnp + i : nullptr, gp + i, xp + i,
+                                                   np + i, ap[b], sp[b], want_sums, len, part);
+        });
         out[0] += part[0];
         out[1] += part[1];
       }

@@ -19,9 +19,8 @@ namespace {
 // The noise is rounded to the data dtype first, so z equals q_sample(x0, alpha, sigma, n) for the
 // returned n exactly.
 template <typename scalar_t, typename acc_t>
-VDM_FAST_CPU_CLONES void q_sample_randn_segment(scalar_t* __restrict z, scalar_t* __restrict noise,
-                                                const scalar_t* __restrict x0, const float* __restrict n32,
-                                                acc_t alpha, acc_t sigma, int64_t n) {
+void q_sample_randn_segment(scalar_t* __restrict z, scalar_t* __restrict noise, const scalar_t* __restrict x0,
+                            const float* __restrict n32, acc_t alpha, acc_t sigma, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const scalar_t ni = static_cast<scalar_t>(n32[i]);
     noise[i] = ni;
@@ -49,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> q_sample_randn_cpu(const at::Tensor& x0, cons
       for (int64_t i = begin; i < end; i += kNoiseTile) {
         const int64_t len = std::min(kNoiseTile, end - i);
         philox_normals(s, off, i, len, buf);  // element i's noise, whatever the split
-        q_sample_randn_segment<scalar_t, acc>(zp + i, np + i, xp + i, buf, ap[b], sp[b], len);
+        with_cpu_isa([&] { q_sample_randn_segment<scalar_t, acc>(zp + i, np + i, xp + i, buf, ap[b], sp[b], len); });
       }
     });
   });

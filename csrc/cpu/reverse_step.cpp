@@ -22,11 +22,10 @@ namespace {
 // is a tensor of the data dtype, or float32 Philox normals (noise_t = float), rounded to the data
 // dtype before use so that the result equals the step with that noise as a tensor.
 template <typename scalar_t, typename acc_t, bool CFG, bool CG, bool CLIP, bool NOISE, typename noise_t = scalar_t>
-VDM_FAST_CPU_CLONES void reverse_step_segment(scalar_t* __restrict out, const scalar_t* __restrict z,
-                                              const scalar_t* __restrict model_out,
-                                              const scalar_t* __restrict uncond, const scalar_t* __restrict grad,
-                                              const noise_t* __restrict noise, const StepScalars<acc_t> s,
-                                              int64_t n) {
+void reverse_step_segment(scalar_t* __restrict out, const scalar_t* __restrict z,
+                          const scalar_t* __restrict model_out, const scalar_t* __restrict uncond,
+                          const scalar_t* __restrict grad, const noise_t* __restrict noise, const StepScalars<acc_t> s,
+                          int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const acc_t u = CFG ? static_cast<acc_t>(uncond[i]) : acc_t(0);
     const acc_t g = CG ? static_cast<acc_t>(grad[i]) : acc_t(0);
@@ -78,18 +77,23 @@ at::Tensor reverse_step_cpu(const at::Tensor& z, const at::Tensor& model_out, co
               const int64_t len = std::min(kNoiseTile, end - i);
               philox_normals(seed_v, off, i, len, buf);
               const int64_t k = i - begin;
-              reverse_step_segment<scalar_t, acc, CFG, CG, CLIP, true, float>(
-                  o + k, zs + k, ms + k, us ? us + k : nullptr, gs ? gs + k : nullptr, buf, s, len);
+              with_cpu_isa([&] {
+                reverse_step_segment<scalar_t, acc, CFG, CG, CLIP, true, float>(
+                    o + k, zs + k, ms + k, us ? us + k : nullptr, gs ? gs + k : nullptr, buf, s, len);
+              });
             }
           } else {  // c_n == 0: nothing to draw
-            reverse_step_segment<scalar_t, acc, CFG, CG, CLIP, false>(o, zs, ms, us, gs,
-                                                                      static_cast<const scalar_t*>(nullptr), s,
-                                                                      end - begin);
+            with_cpu_isa([&] {
+              reverse_step_segment<scalar_t, acc, CFG, CG, CLIP, false>(
+                  o, zs, ms, us, gs, static_cast<const scalar_t*>(nullptr), s, end - begin);
+            });
           }
         } else {
           constexpr bool TENSOR = NOISE == NoiseSource::kTensor;
-          reverse_step_segment<scalar_t, acc, CFG, CG, CLIP, TENSOR>(o, zs, ms, us, gs, TENSOR ? np + begin : nullptr,
-                                                                     s, end - begin);
+          with_cpu_isa([&] {
+            reverse_step_segment<scalar_t, acc, CFG, CG, CLIP, TENSOR>(o, zs, ms, us, gs,
+                                                                       TENSOR ? np + begin : nullptr, s, end - begin);
+          });
         }
       });
     });

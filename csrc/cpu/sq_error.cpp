@@ -19,8 +19,8 @@ namespace {
 constexpr int64_t kBlock = 1024;
 
 template <int T, typename scalar_t, typename acc_t>
-VDM_FAST_CPU_CLONES acc_t sq_error_block(const scalar_t* __restrict p, const scalar_t* __restrict x,
-                                         const scalar_t* __restrict n, acc_t tx, acc_t tn, int64_t len) {
+acc_t sq_error_block(const scalar_t* __restrict p, const scalar_t* __restrict x, const scalar_t* __restrict n,
+                     acc_t tx, acc_t tn, int64_t len) {
   acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < len; ++i) {
@@ -35,11 +35,10 @@ VDM_FAST_CPU_CLONES acc_t sq_error_block(const scalar_t* __restrict p, const sca
 // One block of the backward: residuals r = pred - target into `r`, then (each when wanted)
 // sums[0] = sum(r*x0), sums[1] = sum(r*noise), and gp = kp*r, gx = kx*r, gn = kn*r.
 template <int T, typename scalar_t, typename acc_t>
-VDM_FAST_CPU_CLONES void sq_error_backward_block(scalar_t* __restrict gp, scalar_t* __restrict gx,
-                                                 scalar_t* __restrict gn, const scalar_t* __restrict p,
-                                                 const scalar_t* __restrict x, const scalar_t* __restrict n,
-                                                 acc_t tx, acc_t tn, acc_t kp, acc_t kx, acc_t kn, bool want_sums,
-                                                 int64_t len, acc_t* __restrict r, acc_t* sums) {
+void sq_error_backward_block(scalar_t* __restrict gp, scalar_t* __restrict gx, scalar_t* __restrict gn,
+                             const scalar_t* __restrict p, const scalar_t* __restrict x,
+                             const scalar_t* __restrict n, acc_t tx, acc_t tn, acc_t kp, acc_t kx, acc_t kn,
+                             bool want_sums, int64_t len, acc_t* __restrict r, acc_t* sums) {
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
     const acc_t xi = target_uses_x0<T>() ? static_cast<acc_t>(x[i]) : acc_t(0);
@@ -90,7 +89,8 @@ at::Tensor sq_error_cpu(const at::Tensor& pred, const at::Tensor& x0, const at::
       const std::vector<double> sums = reduce_per_sample<1>(B, D, [&](int64_t b, int64_t begin, int64_t end, double* o) {
         const TargetCoeffs<acc> c = target_coeffs<T, acc>(ap[b], sp[b]);
         for (int64_t i = begin; i < end; i += kBlock) {
-          o[0] += sq_error_block<T, scalar_t, acc>(pp + i, xp + i, np + i, c.tx, c.tn, std::min(kBlock, end - i));
+          o[0] += with_cpu_isa(
+              [&] { return sq_error_block<T, scalar_t, acc>(pp + i, xp + i, np + i, c.tx, c.tn, std::min(kBlock, end - i)); });
         }
       });
       acc* op_ = out.mutable_data_ptr<acc>();
@@ -131,10 +131,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sq_error_
             acc r[kBlock];
             for (int64_t i = begin; i < end; i += kBlock) {
               acc part[2] = {0, 0};
-              sq_error_backward_block<T, scalar_t, acc>(gpp ? gpp + i : nullptr, gxp ? gxp + i : nullptr,
-                                                        gnp ? gnp + i : nullptr, pp + i, xp + i, np + i, c.tx, c.tn,
-                                                        k, -k * c.tx, -k * c.tn, want_sums, std::min(kBlock, end - i),
-                                                        r, part);
+              with_cpu_isa([&] {
+                sq_error_backward_block<T, scalar_t, acc>(gpp ? gpp + i : nullptr, gxp ? gxp + i : nullptr,
+                                                          gnp ? gnp + i : nullptr, pp + i, xp + i, np + i, c.tx, c.tn,
+                                                          k, -k * c.tx, -k * c.tn, want_sums,
+                                                          std::min(kBlock, end - i), r, part);
+              });
               o[0] += part[0];
               o[1] += part[1];
             }
