@@ -1,4 +1,5 @@
-"""Hypothesis strategies and profiles shared by the property-based tests.
+"""Hypothesis strategies and profiles shared by the property-based tests, and their equality rule
+(tests/numerics.py: the running error bound of the reference on the same inputs).
 
 Profiles: ``ci`` (the default: a fixed, derandomised budget) and ``dev`` (longer, random:
 ``HYPOTHESIS_PROFILE=dev pytest tests/test_hardening*.py``).
@@ -11,6 +12,8 @@ import os
 import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+import numerics
 
 settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -78,12 +81,18 @@ def coefficient(draw, batch: int):
     return values if form == "(B,)" else values.reshape(batch, 1, 1)
 
 
-def close_to_reference(ours: torch.Tensor, ref: torch.Tensor):
-    if ours.dtype in (torch.float16, torch.bfloat16):
-        eps = torch.finfo(ours.dtype).eps
-        scale = ref.double().abs().max().item() if ref.numel() else 0.0
-        torch.testing.assert_close(ours.double(), ref.double(), rtol=eps, atol=eps * scale)
-    else:
-        torch.testing.assert_close(ours, ref, rtol=1e-5 if ours.dtype == torch.float32 else 1e-12, atol=1e-6)
+def per_sample(coeff, batch: int) -> torch.Tensor:
+    """A coefficient drawn by ``coefficient`` as the (B,) tensor the op computes with, for the
+    reference: a Python float as float64 (the op rounds it to its compute precision, and numerics
+    counts that rounding, as it does for a float64 coefficient of float32 data), a tensor as given."""
+    if isinstance(coeff, float):
+        return torch.full((batch,), coeff, dtype=torch.float64)
+    return coeff.expand(batch) if coeff.dim() == 0 else coeff.reshape(batch)
 
 
+def assert_matches_reference(ours: torch.Tensor, reference_fn, inputs, msg: str = "") -> None:
+    """``ours``, an op's result on ``inputs``, equals ``reference_fn(*inputs)`` evaluated in float64
+    within numerics.K times the running error bound of the reference formula at the op's compute
+    precision (float32 for float32, float16 and bfloat16 data, float64 for float64 data; DESIGN.md
+    §10), plus the rounding of the result to its own dtype."""
+    numerics.check_against_reference(lambda *_: ours, reference_fn, inputs, msg=msg)

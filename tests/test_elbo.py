@@ -10,6 +10,10 @@ and the terms of the bound have closed forms:
 
 Monte Carlo estimates (fixed seed) must land within Z_TOL standard errors of them; the standard
 error is also required to be small (< 2% of the value) so the test has power.
+
+Two computations of one quantity (two formulas, two parameterizations, compiled and eager) agree
+within running error bounds (tests/numerics.py): each runs under the bound from the same inputs,
+models and closures included, and the two bounds add.
 """
 
 import math
@@ -17,7 +21,9 @@ import math
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
+from torch.func import functional_call
 
+import numerics
 from vdm_fast import elbo as elbo_mod
 from vdm_fast.elbo import ELBOTerms, VDMLoss, elbo, sample_time
 from vdm_fast.schedules import DiscreteSchedule, LearnedLinearGamma, LinearGamma, Schedule, linear_betas
@@ -25,7 +31,7 @@ from vdm_fast.schedules import DiscreteSchedule, LearnedLinearGamma, LinearGamma
 pytestmark = pytest.mark.filterwarnings("ignore:.*no fused kernel:RuntimeWarning")
 
 S = 0.5  # data scale
-Z_TOL = 4.0  # standard errors
+Z_TOL = 4.0  # standard errors: a normal estimate leaves +-4 SE with probability 6e-5 (the draws are seeded)
 F64 = torch.float64
 
 
@@ -58,10 +64,14 @@ def closed_continuous(sched, D):
     return D / 2 * (math.log1p(S**2 * snr0) - math.log1p(S**2 * snr1))
 
 
-def closed_t_step(sched, D, T):
+def closed_t_step(sched, D, T, lower=False):
+    """The T-step term: the sum over steps of 1/2 (SNR_s - SNR_t) g(SNR_t), g(v) = D S^2 / (1 + S^2 v),
+    an upper Riemann sum in SNR of the continuous term's integrand g / 2 (decreasing); ``lower``:
+    the lower sum, g at SNR_s."""
     i = torch.arange(1, T + 1, dtype=F64)
     snr_t, snr_s = sched.snr(i / T, F64), sched.snr((i - 1) / T, F64)
-    return (0.5 * (snr_s - snr_t) * D * S**2 / (1 + S**2 * snr_t)).sum().item()
+    at = snr_s if lower else snr_t
+    return (0.5 * (snr_s - snr_t) * D * S**2 / (1 + S**2 * at)).sum().item()
 
 
 def closed_prior(sched, D):
@@ -126,7 +136,10 @@ def test_t_step_closed_form_tends_to_continuous_and_is_above_it():
     cont = closed_continuous(sched, 16)
     vals = [closed_t_step(sched, 16, T) for T in (10, 100, 1000, 100000)]
     assert all(a > b for a, b in zip(vals, vals[1:])) and vals[-1] > cont
-    assert abs(vals[-1] - cont) / cont < 1e-3
+    # Discretisation, not rounding: the continuous term lies between the upper (T-step) and lower
+    # Riemann sums, so the gap is at most their difference (1.6e-2 of ~95 at T = 1e5; the float64
+    # rounding of these sums, ~1e-11, is far below it).
+    assert vals[-1] - cont <= vals[-1] - closed_t_step(sched, 16, 100000, lower=True)
 
 
 def test_t_step_estimator_tends_to_continuous_estimator_on_the_same_draws():
@@ -142,14 +155,27 @@ def test_t_step_estimator_tends_to_continuous_estimator_on_the_same_draws():
         t_grid = (torch.floor(t * T) + 1) / T
         disc = elbo(model, x, sched, T=T, t=t_grid, noise=noise, recon_noise=noise, decoder=None).diffusion
         errs.append(((disc - cont).abs() / cont).max().item())
-    assert errs[-1] < 1e-4 and all(b < a / 5 for a, b in zip(errs, errs[1:])), errs
+
+    def dlog(tt):  # d/dt log L_diff(t) per sample (the weight gamma'/2 is constant: d/dt log ||eps - eps_hat||^2)
+        tt = tt.clone().requires_grad_()
+        d = elbo(model, x, sched, t=tt, noise=noise, recon_noise=noise, decoder=None, backend="reference").diffusion
+        return torch.autograd.grad(d.log().sum(), tt)[0]
+
+    # Discretisation, not rounding: disc / cont = r_T ||eps - eps_hat(t_grid)||^2 / ||eps - eps_hat(t)||^2
+    # with r_T = expm1(gamma'/T) / (gamma'/T) (the T-step weight over gamma'/2) and 0 < t_grid - t <= 1/T,
+    # so |disc / cont - 1| <= r_T exp(L / T) - 1, L the largest |d/dt log ||eps - eps_hat||^2| (taken at
+    # both ends of the 1e-5-long steps); first order in 1/T, so each tenfold T divides the error by ~10.
+    T, g_prime = 100000, sched.gamma_max - sched.gamma_min
+    L = torch.maximum(dlog(t).abs(), dlog(t_grid).abs()).max().item()
+    assert errs[-1] <= math.expm1(g_prime / T) / (g_prime / T) * math.exp(L / T) - 1, errs
+    assert all(b < a / 5 for a, b in zip(errs, errs[1:])), errs
 
 
 # --- Luo's identity and the T-step term as T x KL ---------------------------------------------------
 
 
 def _posterior(sched, s, t, z_t, x):
-    """q(z_s | z_t, x) for the VP process (Kingma et al. 2021, eq. 3-4 with alpha_{t|s})."""
+    """q(z_s | z_t, x) for the VP process (Kingma et al. 2021, App. A.2, with alpha_{t|s} of App. A.1)."""
     a_t, s_t = (_view(c, x) for c in sched.alpha_sigma(t, F64))
     a_s, s_s = (_view(c, x) for c in sched.alpha_sigma(s, F64))
     a_ts = a_t / a_s
@@ -165,19 +191,33 @@ def test_luo_equal_variance_kl_and_t_step_term():
     i = torch.randint(1, T + 1, (8,), generator=g).to(F64)
     t, s = i / T, (i - 1) / T
     noise = torch.randn(x.shape, generator=g, dtype=F64)
-    a_t, s_t = (_view(c, x) for c in sched.alpha_sigma(t, F64))
-    z_t = a_t * x + s_t * noise
     model = lambda z, tt: 0.6 * z + 0.2  # noqa: E731  (an arbitrary eps model)
-    x_hat = (z_t - s_t * model(z_t, t)) / a_t
 
-    mq, sd = _posterior(sched, s, t, z_t, x)
-    mp, _ = _posterior(sched, s, t, z_t, x_hat)
-    kl = kl_divergence(Normal(mq, sd), Normal(mp, sd)).flatten(1).sum(1)
-    luo = 0.5 * (sched.snr(s, F64) - sched.snr(t, F64)) * ((x - x_hat) ** 2).flatten(1).sum(1)
-    torch.testing.assert_close(luo, kl, rtol=1e-7, atol=1e-9)
+    def x_hat_of(x, t, noise):
+        a_t, s_t = (_view(c, x) for c in sched.alpha_sigma(t, F64))
+        z_t = a_t * x + s_t * noise
+        return z_t, (z_t - s_t * model(z_t, t)) / a_t
+
+    def kl_of(x, t, s, noise):
+        z_t, x_hat = x_hat_of(x, t, noise)
+        mq, sd = _posterior(sched, s, t, z_t, x)
+        mp, _ = _posterior(sched, s, t, z_t, x_hat)
+        return kl_divergence(Normal(mq, sd), Normal(mp, sd)).flatten(1).sum(1)
+
+    def luo_of(x, t, s, noise):
+        _, x_hat = x_hat_of(x, t, noise)
+        return 0.5 * (sched.snr(s, F64) - sched.snr(t, F64)) * ((x - x_hat) ** 2).flatten(1).sum(1)
+
+    # Two formulas of one KL: the posterior means cancel (they differ by a_s var/s_t^2 (x - x_hat)),
+    # which the KL's bound carries; the bound of the comparison is the sum of both formulas' bounds.
+    kl, luo = (numerics.running_error(f, (x, t, s, noise)) for f in (kl_of, luo_of))
+    numerics.assert_within_bound(luo.value, kl.value, kl.bound + luo.bound, msg="Luo's form")
 
     terms = elbo(model, x, sched, T=T, t=t, noise=noise, recon_noise=noise)
-    torch.testing.assert_close(terms.diffusion, T * kl, rtol=1e-7, atol=1e-8)
+    ours = numerics.running_error(lambda x, t, n: elbo(model, x, sched, T=T, t=t, noise=n, recon_noise=n,
+                                                       backend="reference").diffusion, (x, t, noise))
+    t_kl = numerics.running_error(lambda *a: T * kl_of(*a), (x, t, s, noise))
+    numerics.assert_within_bound(terms.diffusion, t_kl.value, ours.bound + t_kl.bound, msg="T x KL")
 
 
 # --- parameterizations --------------------------------------------------------------------------
@@ -194,11 +234,23 @@ def test_four_parameterizations_give_the_same_elbo(T):
     noise, rnoise = torch.randn(x.shape, generator=g, dtype=F64), torch.randn(x.shape, generator=g, dtype=F64)
     eps_model = lambda z, tt: 0.5 * z - 0.1 * z**2  # noqa: E731
     ref = elbo(eps_model, x, sched, T=T, t=t, noise=noise, recon_noise=rnoise)
+
+    def bounds(p):
+        """Running error bounds of (diffusion, total) for the model in parameterization p."""
+        model = eps_model if p == "eps" else as_parameterization(eps_model, sched, p)
+
+        def terms(x, t, n, r):
+            e = elbo(model, x, sched, T=T, parameterization=p, t=t, noise=n, recon_noise=r, backend="reference")
+            return torch.stack([e.diffusion, e.total])
+        return numerics.running_error(terms, (x, t, noise, rnoise)).bound
+
+    eps_bound = bounds("eps")
     for p in ("x0", "v", "score"):
         got = elbo(as_parameterization(eps_model, sched, p), x, sched, T=T, parameterization=p, t=t, noise=noise,
                    recon_noise=rnoise)
-        torch.testing.assert_close(got.diffusion, ref.diffusion, rtol=1e-9, atol=1e-9, msg=lambda m, p=p: f"{p}: {m}")
-        torch.testing.assert_close(got.total, ref.total, rtol=1e-9, atol=1e-9)
+        bound = eps_bound + bounds(p)  # two formulas (the conversion and its weight, and eps): both bounds
+        numerics.assert_within_bound(got.diffusion, ref.diffusion, bound[0], msg=f"{p} diffusion")
+        numerics.assert_within_bound(got.total, ref.total, bound[1], msg=f"{p} total")
 
 
 # --- zero terminal SNR --------------------------------------------------------------------------
@@ -225,9 +277,18 @@ def test_t_step_bound_is_finite_at_zero_terminal_snr(parameterization):
     terms = elbo(model, x, sched, T=T, parameterization=parameterization, t=t, noise=noise, recon_noise=noise)
     assert bool(torch.isfinite(terms.total).all()) and terms.prior.abs().max().item() == 0.0
     # Limit: (T/2) SNR(s) ||x - x_hat||^2, x_hat = alpha z - sigma m = -m for v (alpha = 0, sigma = 1).
-    x_hat = model(noise, t) if parameterization == "x0" else -model(noise, t)
-    snr_s = sched.snr(torch.tensor(1 - 1 / T, dtype=F64), F64)
-    torch.testing.assert_close(terms.diffusion, T / 2 * snr_s * ((x - x_hat) ** 2).sum(1), rtol=1e-12, atol=0)
+    def limit(x, t, noise):
+        x_hat = model(noise, t) if parameterization == "x0" else -model(noise, t)
+        snr_s = sched.snr(torch.tensor(1 - 1 / T, dtype=F64), F64)
+        return T / 2 * snr_s * ((x - x_hat) ** 2).sum(1)
+
+    # The bound through gamma_t = +inf: infinite intermediates carry no error (tests/numerics.py), and
+    # what they feed (sigmoid(-inf) = 0, expm1(-inf) = -1) has zero derivative there.
+    ours = numerics.running_error(lambda x, t, n: elbo(model, x, sched, T=T, parameterization=parameterization, t=t,
+                                                       noise=n, recon_noise=n, backend="reference").diffusion,
+                                  (x, t, noise))
+    want = numerics.running_error(limit, (x, t, noise))
+    numerics.assert_within_bound(terms.diffusion, want.value, ours.bound + want.bound)
 
 
 # --- time sampling ------------------------------------------------------------------------------
@@ -237,10 +298,18 @@ def test_sample_time_antithetic_covers_unit_interval_evenly():
     t = sample_time(50, antithetic=True, generator=torch.Generator().manual_seed(0))
     assert t.shape == (50,) and t.dtype == torch.float32
     assert bool(((t >= 0) & (t < 1)).all())
+    # t_b = (u + b/B) mod 1 in float32, u the generator's first draw: the bound of u + b/B (the
+    # remainder of a value in [0, 2) by 1 is exact), and a gap's is that of its two ends.
+    u = torch.rand((), generator=torch.Generator().manual_seed(0))
+    ends = numerics.running_error(lambda u: u + torch.arange(50, dtype=u.dtype) / 50, (u,), dtype=torch.float32)
+    truth = torch.remainder(ends.value, 1.0)
+    order = truth.argsort()
     gaps = torch.sort(t).values.diff()
-    torch.testing.assert_close(gaps, torch.full((49,), 1 / 50), rtol=0, atol=1e-6)
-    # t_b = (u + b/B) mod 1: consecutive entries differ by 1/B modulo 1.
-    torch.testing.assert_close(torch.remainder(t[1:] - t[:-1], 1.0), torch.full((49,), 1 / 50), rtol=0, atol=1e-6)
+    numerics.assert_within_bound(gaps, truth[order].diff(), ends.bound[order][1:] + ends.bound[order][:-1], msg="gaps")
+    # Consecutive entries differ by 1/B modulo 1: two ends, the float32 difference and the remainder.
+    diff = t[1:] - t[:-1]
+    bound = ends.bound[1:] + ends.bound[:-1] + numerics.unit_roundoff(torch.float32) * diff.double().abs()
+    numerics.assert_within_bound(torch.remainder(diff, 1.0), torch.full((49,), 1 / 50, dtype=F64), bound, msg="steps")
 
 
 def test_sample_time_reproducible_and_iid_mode():
@@ -250,8 +319,9 @@ def test_sample_time_reproducible_and_iid_mode():
     c = sample_time(4096, antithetic=False, generator=torch.Generator().manual_seed(5), dtype=F64)
     assert c.dtype == F64 and bool(((c >= 0) & (c < 1)).all())
     gaps = torch.sort(c).values.diff()
-    assert gaps.std().item() > 1e-5  # not an even grid
-    assert abs(c.mean().item() - 0.5) < 4 * math.sqrt(1 / 12 / 4096)
+    # Not an even grid: i.i.d. gaps are ~exponential with std ~1/4096 = 2.4e-4; an even grid's vary by rounding only.
+    assert gaps.std().item() > 1e-5
+    assert abs(c.mean().item() - 0.5) < 4 * math.sqrt(1 / 12 / 4096)  # 4 standard errors of a mean of 4096 uniforms
     assert sample_time(0).shape == (0,)
     with pytest.raises(ValueError, match="n must be"):
         sample_time(-1)
@@ -271,6 +341,8 @@ def test_antithetic_times_reduce_the_variance_of_the_batch_mean():
             t = sample_time(32, antithetic=anti, generator=g, dtype=F64)
             means[anti].append(elbo(model, x, sched, t=t, noise=noise, recon_noise=noise).diffusion.mean().item())
     var = {k: torch.tensor(v, dtype=F64).var().item() for k, v in means.items()}
+    # Statistical: stratified times reduce the variance of a smooth f's batch mean by ~B^2 (~1e-3 for
+    # B = 32); 0.05 leaves room for two variance estimates from 100 seeded repeats (relative SE ~14%).
     assert var[True] < 0.05 * var[False], var
 
 
@@ -284,11 +356,15 @@ def test_terms_units_and_bpd():
     assert isinstance(terms, ELBOTerms) and terms.num_dims == 75
     for v in (terms.recon, terms.prior, terms.diffusion, terms.total, terms.bpd):
         assert v.shape == (4,)
-    torch.testing.assert_close(terms.total, terms.recon + terms.prior + terms.diffusion)
-    torch.testing.assert_close(terms.bpd, terms.total / (75 * math.log(2)))
+    assert torch.equal(terms.total, terms.recon + terms.prior + terms.diffusion)  # how total is defined
+    assert torch.equal(terms.bpd, terms.total / (75 * math.log(2)))  # how bpd is defined
     bpd = terms.bpd_terms()
     for name in ("recon", "prior", "diffusion", "total"):
-        torch.testing.assert_close(getattr(bpd, name), getattr(terms, name) / (75 * math.log(2)))
+        v = getattr(terms, name)
+        # times the rounded 1 / (D ln 2), against a division by D ln 2: both formulas' float32 bounds
+        bound = (numerics.running_error(lambda v: v * (1.0 / (75 * math.log(2))), (v,)).bound
+                 + numerics.running_error(lambda v: v / (75 * math.log(2)), (v,)).bound)
+        numerics.assert_within_bound(getattr(bpd, name), v / (75 * math.log(2)), bound, msg=name)
 
 
 def test_draws_come_from_the_generator_in_a_fixed_order():
@@ -365,10 +441,20 @@ def test_vdm_loss_elbo_is_mean_bpd_and_trains_the_schedule():
     model = lambda z, tt: 0.4 * z  # noqa: E731
     loss = loss_fn(model, x, t=t, noise=noise, recon_noise=rn)
     ref = elbo(model, x, sched, t=t, noise=noise, recon_noise=rn).bpd
-    torch.testing.assert_close(loss, ref.mean())
-    torch.testing.assert_close(loss_fn(model, x, t=t, noise=noise, recon_noise=rn, reduction="none"), ref)
+    assert torch.equal(loss, ref.mean())  # the same call, the same arithmetic
+    assert torch.equal(loss_fn(model, x, t=t, noise=noise, recon_noise=rn, reduction="none"), ref)
     loss.backward()
     assert sched.b.grad.abs().item() > 0 and sched.w.grad.abs().item() > 0
+
+
+def _table_loss_bound(betas, x, noise, model, t, **loss_kwargs):
+    """The running error bound of VDMLoss on a DiscreteSchedule built from ``betas`` inside the
+    bound (its gamma table's log1p, cumsum and expm1 count), per sample: the other side of these
+    comparisons reads alphas_cumprod, another formula from the same betas."""
+    def loss(betas, x, noise):
+        return VDMLoss(DiscreteSchedule(betas), backend="reference", **loss_kwargs)(model, x, t=t, noise=noise,
+                                                                                  reduction="none")
+    return numerics.running_error(loss, (betas, x, noise)).bound
 
 
 def test_vdm_loss_simple_is_ddpm_mse():
@@ -378,9 +464,15 @@ def test_vdm_loss_simple_is_ddpm_mse():
     noise = torch.randn(x.shape, dtype=F64)
     model = lambda z, tt: 0.3 * z  # noqa: E731
     loss = VDMLoss(table, weighting="simple")(model, x, t=t, noise=noise, reduction="none")
-    abar = table.alphas_cumprod[t].reshape(-1, 1, 1)
-    z = abar.sqrt() * x + (1 - abar).sqrt() * noise
-    torch.testing.assert_close(loss, ((model(z, t) - noise) ** 2).mean((1, 2)), rtol=1e-10, atol=1e-12)
+
+    def ddpm(betas, x, noise):
+        abar = DiscreteSchedule(betas).alphas_cumprod[t].reshape(-1, 1, 1)
+        z = abar.sqrt() * x + (1 - abar).sqrt() * noise
+        return ((model(z, t) - noise) ** 2).mean((1, 2))
+
+    ours = _table_loss_bound(table.betas, x, noise, model, t, weighting="simple")
+    want = numerics.running_error(ddpm, (table.betas, x, noise))
+    numerics.assert_within_bound(loss, want.value, ours + want.bound)
 
 
 @pytest.mark.parametrize("parameterization", ["eps", "v", "x0"])
@@ -392,15 +484,22 @@ def test_vdm_loss_min_snr_matches_hang_et_al(parameterization):
     model = lambda z, tt: 0.3 * z  # noqa: E731
     loss = VDMLoss(table, weighting="min_snr", parameterization=parameterization, snr_gamma=k)(
         model, x, t=t, noise=noise, reduction="none")
-    abar = table.alphas_cumprod[t]
-    snr = abar / (1 - abar)  # diffusers' compute_snr
-    a, s = abar.sqrt().reshape(-1, 1, 1), (1 - abar).sqrt().reshape(-1, 1, 1)
-    z = a * x + s * noise
-    target = {"eps": noise, "v": a * noise - s * x, "x0": x}[parameterization]
-    mse = ((model(z, t) - target) ** 2).mean((1, 2))
-    weight = {"eps": torch.clamp(snr, max=k) / snr, "v": torch.clamp(snr, max=k) / (snr + 1),
-              "x0": torch.clamp(snr, max=k)}[parameterization]
-    torch.testing.assert_close(loss, weight * mse, rtol=1e-9, atol=1e-12)
+
+    def hang(betas, x, noise):
+        abar = DiscreteSchedule(betas).alphas_cumprod[t]
+        snr = abar / (1 - abar)  # diffusers' compute_snr
+        a, s = abar.sqrt().reshape(-1, 1, 1), (1 - abar).sqrt().reshape(-1, 1, 1)
+        z = a * x + s * noise
+        target = {"eps": noise, "v": a * noise - s * x, "x0": x}[parameterization]
+        mse = ((model(z, t) - target) ** 2).mean((1, 2))
+        weight = {"eps": torch.clamp(snr, max=k) / snr, "v": torch.clamp(snr, max=k) / (snr + 1),
+                  "x0": torch.clamp(snr, max=k)}[parameterization]
+        return weight * mse
+
+    ours = _table_loss_bound(table.betas, x, noise, model, t, weighting="min_snr", parameterization=parameterization,
+                             snr_gamma=k)
+    want = numerics.running_error(hang, (table.betas, x, noise))
+    numerics.assert_within_bound(loss, want.value, ours + want.bound)
 
 
 @pytest.mark.parametrize("weighting", ["simple", "min_snr"])
@@ -454,9 +553,20 @@ def test_diffusion_weight_rejects_unknown_parameterization():
         elbo_mod.min_snr_weight(torch.rand(3), "noise")
 
 
+class _BPD(torch.nn.Module):
+    """bits/dim of the ELBO of ``net`` under ``sched``, as a module of both (for functional_call)."""
+
+    def __init__(self, sched, net):
+        super().__init__()
+        self.sched, self.net = sched, net
+
+    def forward(self, x, t, noise, rn, backend=None):
+        return elbo(lambda z, tt: self.net(z), x, self.sched, t=t, noise=noise, recon_noise=rn, backend=backend).bpd
+
+
 def test_torch_compile_fullgraph_matches_eager_and_trains_schedule():
     sched = LearnedLinearGamma()
-    net = torch.nn.Conv2d(3, 3, 1)
+    net = torch.nn.Conv2d(3, 3, 1)  # initialised from the seeded global generator, as are the inputs
     x = torch.rand(4, 3, 4, 4) * 2 - 1
     t, noise, rn = torch.rand(4), torch.randn(4, 3, 4, 4), torch.randn(4, 3, 4, 4)
 
@@ -465,10 +575,20 @@ def test_torch_compile_fullgraph_matches_eager_and_trains_schedule():
 
     compiled = torch.compile(bpd, fullgraph=True)(x, t, noise, rn)
     eager = bpd(x, t, noise, rn)
-    torch.testing.assert_close(compiled, eager)
     (g_c,) = torch.autograd.grad(compiled.sum(), [sched.b])
     (g_e,) = torch.autograd.grad(eager.sum(), [sched.b])
-    torch.testing.assert_close(g_c, g_e)
+    # Each within the float32 running error bound of the reference ELBO, value and d/d gamma_min, the
+    # schedule's and the net's parameters inputs of the bound. At gamma_min = -13.3 the decoder's
+    # (z0 - alpha_0 c_k) / sigma_0 cancels at sigma_0 = 1.3e-3: bounds ~3e-5 relative for bits/dim and
+    # ~1e-2 for its gradient, above the old compiled-vs-eager rtol 1.3e-6 (tuned: both ran the same kernels).
+    loss = _BPD(sched, net)
+    names, params = zip(*loss.named_parameters())
+    truth = numerics.running_error(
+        lambda x, t, n, r, *p: functional_call(loss, dict(zip(names, p)), (x, t, n, r), {"backend": "reference"}),
+        (x, t, noise, rn, *params), wrt=(4 + names.index("sched.b"),))
+    for label, value, grad in (("compiled", compiled, g_c), ("eager", eager, g_e)):
+        numerics.assert_within_bound(value, truth.value, truth.bound, msg=f"{label} bpd")
+        numerics.assert_within_bound(grad, truth.grads[0], truth.grad_bounds[0], msg=f"{label} d/d gamma_min")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

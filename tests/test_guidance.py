@@ -1,14 +1,23 @@
 """Guidance: classifier-free (one batched call, per-sample scale, w = 1 conditional, w = 0
 unconditional) and classifier guidance (autograd gradient, conversion to every parameterization,
-samples move to the class) on the exact 2-D Gaussian mixture of tests/gmm.py."""
+samples move to the class) on the exact 2-D Gaussian mixture of tests/gmm.py.
+
+Two computations of one quantity agree within the sum of their running error bounds
+(tests/numerics.py); whole sampler runs are compared step by step (assert_steps_agree). Random
+inputs come from the seeded global generator (tests/conftest.py) or seeded generators."""
 
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import pytest
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
+import numerics
 import vdm_fast
-from vdm_fast import guidance, samplers, schedules
+from vdm_fast import guidance, reference, samplers, schedules
 from gmm import default_gmm, energy_distance
 from sync_trap import SyncTrap
 
@@ -31,6 +40,46 @@ def labels_for(n):
     return torch.arange(n) % 2
 
 
+@contextlib.contextmanager
+def exact_noise():
+    """Under the bound, the reference step's drawn noise is an exact input (it is drawn outside
+    the bound's mode): both sides of a comparison draw the same numbers from one generator state."""
+    draw = reference.randn_like
+
+    def outside_the_bound(*args, **kwargs):
+        with _disable_current_modes():
+            return draw(*args, **kwargs)
+
+    with mock.patch.object(reference, "randn_like", outside_the_bound):
+        yield
+
+
+def assert_steps_agree(step_a, step_b, z, times, seed=0, msg=""):
+    """``step_x(z, times, generator, backend)`` runs a sampler over ``times``. Two samplers of one
+    quantity are compared step by step along a's trajectory: from each state, one step of each (the
+    same generator state) agrees within the sum of both steps' running error bounds (the reference
+    backend under tests/numerics.py). A whole run is not compared at once: its first-order bound
+    compounds through the model and the step, ~100x a step here, far beyond the rounding it bounds.
+    Returns a's final state."""
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(times.shape[0] - 1):
+        level, state = times[i:i + 2], gen.get_state()
+
+        def at_state():
+            g = torch.Generator()
+            g.set_state(state)
+            return g
+
+        b = step_b(z, level, at_state(), BACKEND)
+        with exact_noise():
+            bound = sum(numerics.running_error(lambda z, s=s: s(z, level, at_state(), "reference"), (z,)).bound
+                        for s in (step_a, step_b))
+        a = step_a(z, level, gen, BACKEND)  # advances gen as a whole run does
+        numerics.assert_within_bound(a, b, bound, msg=f"{msg} step {i}")
+        z = a
+    return z
+
+
 @pytest.mark.parametrize("param", ["eps", "x0", "v", "score"])
 @pytest.mark.parametrize("w,which", [(1.0, "cond"), (0.0, "uncond")])
 def test_cfg_scale_one_is_conditional_zero_unconditional(gmm, param, w, which):
@@ -40,11 +89,14 @@ def test_cfg_scale_one_is_conditional_zero_unconditional(gmm, param, w, which):
     target = (lambda zz, t: fn(zz, t, y)) if which == "cond" else (lambda zz, t: fn(zz, t, torch.full_like(y, NULL)))
     times = samplers.uniform_times(20, dtype=torch.float64)
     for run in (samplers.sample_ddim, samplers.sample_ancestral):
-        got = run(guidance.classifier_free(fn, y, NULL), z, SCH, times, guidance_scale=w, parameterization=param,
-                  generator=torch.Generator().manual_seed(0), backend=BACKEND)
-        want = run(target, z, SCH, times, parameterization=param, generator=torch.Generator().manual_seed(0),
-                   backend=BACKEND)
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+        def guided(z, times, g, backend, run=run):
+            return run(guidance.classifier_free(fn, y, NULL), z, SCH, times, guidance_scale=w, parameterization=param,
+                       generator=g, backend=backend)
+
+        def plain(z, times, g, backend, run=run):
+            return run(target, z, SCH, times, parameterization=param, generator=g, backend=backend)
+
+        assert_steps_agree(guided, plain, z, times, msg=f"{run.__name__} w={w}")
 
 
 def test_cfg_one_batched_call_per_step(gmm):
@@ -76,7 +128,8 @@ def test_cfg_per_sample_scale(gmm):
         rows = w == scale
         one = samplers.sample_ddim(guidance.classifier_free(fn, y, NULL), z, SCH, times, guidance_scale=scale,
                                    backend=BACKEND)
-        torch.testing.assert_close(got[rows], one[rows])
+        # Exact: these rows see the same inputs and scale, and every operation is per sample.
+        assert torch.equal(got[rows], one[rows])
 
 
 def test_cfg_matches_explicit_combination(gmm):
@@ -88,11 +141,19 @@ def test_cfg_matches_explicit_combination(gmm):
     got = samplers.sample_ddim(guidance.classifier_free(fn, y, NULL), z, SCH, times, guidance_scale=3.0, clip=2.0,
                                backend=BACKEND)
     t = times[0].expand(5)
-    m = fn(z, t, torch.full_like(y, NULL)) + 3.0 * (fn(z, t, y) - fn(z, t, torch.full_like(y, NULL)))
-    g = samplers.gammas(SCH, times, torch.float64)
-    want = vdm_fast.reverse_step(z, m, samplers.ddim_coeffs(g[0].expand(5), g[1].expand(5)), clip=2.0,
-                                 noise=torch.zeros_like(z), backend=BACKEND)
-    torch.testing.assert_close(got, want)
+
+    def by_hand(z, backend):
+        m = fn(z, t, torch.full_like(y, NULL)) + 3.0 * (fn(z, t, y) - fn(z, t, torch.full_like(y, NULL)))
+        g = samplers.gammas(SCH, times, torch.float64)
+        return vdm_fast.reverse_step(z, m, samplers.ddim_coeffs(g[0].expand(5), g[1].expand(5)), clip=2.0,
+                                     noise=torch.zeros_like(z), backend=backend)
+
+    want = by_hand(z, BACKEND)
+    bound = (numerics.running_error(lambda z: samplers.sample_ddim(guidance.classifier_free(fn, y, NULL), z, SCH, times,
+                                                                   guidance_scale=3.0, clip=2.0, backend="reference"),
+                                    (z,)).bound
+             + numerics.running_error(lambda z: by_hand(z, "reference"), (z,)).bound)
+    numerics.assert_within_bound(got, want, bound)
 
 
 def test_cfg_pair_form_equals_batched_form(gmm):
@@ -100,16 +161,19 @@ def test_cfg_pair_form_equals_batched_form(gmm):
     y = labels_for(10)
     pair = guidance.classifier_free_pair(lambda z, t: (fn(z, t, y), fn(z, t, torch.full_like(y, NULL))))
     z = torch.randn(10, 2)
-    kw = dict(guidance_scale=2.0, parameterization="v", backend=BACKEND)
-    a = samplers.sample_ancestral(pair, z, SCH, samplers.uniform_times(8), generator=torch.Generator().manual_seed(1),
-                                  **kw)
-    b = samplers.sample_ancestral(guidance.classifier_free(fn, y, NULL), z, SCH, samplers.uniform_times(8),
-                                  generator=torch.Generator().manual_seed(1), **kw)
-    torch.testing.assert_close(a, b)
+
+    def run(model):
+        return lambda z, times, g, backend: samplers.sample_ancestral(model, z, SCH, times, guidance_scale=2.0,
+                                                                      parameterization="v", generator=g,
+                                                                      backend=backend)
+
+    # Two calls of the model against one on the doubled batch: the same numbers per sample, but the
+    # batched call's elementwise ops may take other (vectorised) paths: compared within the bound.
+    assert_steps_agree(run(pair), run(guidance.classifier_free(fn, y, NULL)), z, samplers.uniform_times(8), seed=1)
     # the object is also usable outside the samplers
     t = torch.full((10,), 0.5)
     uncond = fn(z, t, torch.full_like(y, NULL))
-    torch.testing.assert_close(pair(z, t, 2.0), uncond + 2.0 * (fn(z, t, y) - uncond))
+    assert torch.equal(pair(z, t, 2.0), uncond + 2.0 * (fn(z, t, y) - uncond))  # its definition, the same arithmetic
 
 
 def test_cfg_strong_scale_moves_samples_to_class(gmm):
@@ -119,6 +183,8 @@ def test_cfg_strong_scale_moves_samples_to_class(gmm):
     out = samplers.sample_ddim(guidance.classifier_free(fn, y, NULL), z, SCH, samplers.uniform_times(50),
                                guidance_scale=3.0, backend=BACKEND) / a0()
     nearest = torch.cdist(out.double(), gmm.means).argmin(1)
+    # Statistical: an exact sample of a component is nearer the other mean (2.5 away) with
+    # probability ~2e-4 (std <= 0.35); scale 3 sharpens the class further; 1% is the sampler's slack.
     assert (nearest == y).float().mean() > 0.99
 
 
@@ -148,9 +214,26 @@ def test_classifier_guidance_conversion_is_exact(gmm, param):
     m = gmm.model(SCH, param)(z, t)
     scale = guidance.classifier_grad_scale(param, alpha, sigma, 1.0)
     got = guidance.guided_output(m, classifier_grad=grad, grad_scale=scale)
-    torch.testing.assert_close(got, gmm.model(SCH, param, component=y)(z, t), rtol=1e-7, atol=1e-7)
+
+    def guided(z, t):
+        g = samplers.gammas(SCH, t, torch.float64)
+        alpha, sigma = torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
+        return guidance.guided_output(gmm.model(SCH, param)(z, t), classifier_grad=clf.grad(z, t),
+                                      grad_scale=guidance.classifier_grad_scale(param, alpha, sigma, 1.0))
+
+    def conditional(z, t):
+        return gmm.model(SCH, param, component=y)(z, t)
+
+    # Two formulas of the conditional model: the sum of both bounds. Classifier.log_prob takes the
+    # logits' log-softmax in float32, so the guided side is bounded at float32 there (~1e-5 relative;
+    # the old 1e-7 was tuned on this CPU's float32 rounding of it).
+    bound = numerics.running_error(guided, (z, t)).bound + numerics.running_error(conditional, (z, t)).bound
+    numerics.assert_within_bound(got, conditional(z, t), bound, msg="guided output")
     # log_prob form gives the same gradient
-    torch.testing.assert_close(exact_classifier(gmm, SCH, y, "log_prob").grad(z, t), grad)
+    log_prob = exact_classifier(gmm, SCH, y, "log_prob")
+    bound = (numerics.running_error(lambda z, t: clf.grad(z, t), (z, t)).bound
+             + numerics.running_error(lambda z, t: log_prob.grad(z, t), (z, t)).bound)
+    numerics.assert_within_bound(log_prob.grad(z, t), grad, bound, msg="log_prob form")
 
 
 def test_classifier_gradient_is_autograd_of_log_prob(gmm):
@@ -160,8 +243,15 @@ def test_classifier_gradient_is_autograd_of_log_prob(gmm):
     g = samplers.gammas(SCH, t, torch.float64)
     lp = gmm.log_resp(z, torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()).gather(1, y[:, None]).sum()
     (want,) = torch.autograd.grad(lp, z)
-    got = exact_classifier(gmm, SCH, y).grad(z.detach(), t)
-    torch.testing.assert_close(got, want)
+    clf = exact_classifier(gmm, SCH, y)
+    got = clf.grad(z.detach(), t)
+    # Autograd of the float64 log-probability against the wrapper's gradient (its log-softmax in
+    # float32): the sum of both bounds.
+    direct = numerics.running_error(
+        lambda z: gmm.log_resp(z, torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()).gather(1, y[:, None]).sum(),
+        (z,), wrt=(0,))
+    bound = numerics.running_error(lambda z: clf.grad(z, t), (z,)).bound + direct.grad_bounds[0]
+    numerics.assert_within_bound(got, want, bound)
 
 
 @pytest.mark.parametrize("param", ["eps", "v"])
@@ -179,9 +269,14 @@ def test_classifier_guidance_samples_the_class(gmm, param):
                                          backend=BACKEND) / a0()
     nearest = torch.cdist(out, gmm.means).argmin(1)
     nearest_unguided = torch.cdist(unguided.double(), gmm.means).argmin(1)
+    # Statistical (seeded draws). Guided: an exact class sample is nearer the other mean with
+    # probability ~2e-4, 2% is the sampler's slack. Unguided: labels independent of the sample
+    # match the nearest mean half the time; 0.6 is 6 standard errors (0.016 for 1000 samples) above.
     assert (nearest == y).float().mean() > 0.98  # guided: (almost) all in their class
     assert (nearest_unguided == y).float().mean() < 0.6  # unguided: the mixture's weights
-    # and each class matches its component (scale 1 with exact parts samples q(x | y) exactly)
+    # and each class matches its component (scale 1 with exact parts samples q(x | y) exactly).
+    # Between two samples (500 and 4000) of one component the energy distance (V-statistic) is
+    # ~1.4e-3 +- 0.9e-3 (300 seeded trials, maximum 4.9e-3): 8e-3 is that plus the sampler's error.
     for k in (0, 1):
         xk, _ = gmm.sample(4000, torch.Generator().manual_seed(10 + k), component=k)
         assert energy_distance(out[y == k], xk) < 8e-3
@@ -196,9 +291,18 @@ def test_classifier_scale_per_sample(gmm):
     got = samplers.sample_ddim(gmm.model(SCH), z, SCH, times, classifier=clf, classifier_scale=scale, backend=BACKEND)
     for s in (0.0, 1.0, 3.0):
         one = samplers.sample_ddim(gmm.model(SCH), z, SCH, times, classifier=clf, classifier_scale=s, backend=BACKEND)
-        torch.testing.assert_close(got[scale == s], one[scale == s])
-    plain = samplers.sample_ddim(gmm.model(SCH), z, SCH, times, backend=BACKEND)
-    torch.testing.assert_close(got[scale == 0], plain[scale == 0])
+        # Exact: these rows see the same inputs and scale, and every operation is per sample.
+        assert torch.equal(got[scale == s], one[scale == s])
+
+    def guided(z, times, g, backend):
+        return samplers.sample_ddim(gmm.model(SCH), z, SCH, times, classifier=clf, classifier_scale=0.0,
+                                    backend=backend)
+
+    def plain(z, times, g, backend):
+        return samplers.sample_ddim(gmm.model(SCH), z, SCH, times, backend=backend)
+
+    # Scale 0 adds 0 x the gradient, in another instantiation of the step than no classifier at all.
+    assert_steps_agree(guided, plain, z, times, msg="scale 0")
 
 
 def test_guidance_no_host_sync(gmm):

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import vdm_fast
 from vdm_fast import reference
+import numerics
 from helpers import (
-    LOW_PRECISION, assert_tight, assert_within_2x_of_torch, backend_params, skip_compile_under_interpreter,
+    LOW_PRECISION, backend_params, skip_compile_under_interpreter,
     assert_compiled_matches_eager,
 )
 
@@ -28,19 +27,13 @@ def make_inputs(shape, dtype, device, requires_grad=False):
     return pred, x0, noise, alpha, sigma
 
 
-def grads(fn, inputs, upstream):
-    """Output and grads of all inputs; a grad that is structurally zero (x0 for "eps") is zeros."""
-    out = fn(*inputs)
-    wanted = [t for t in inputs if t.requires_grad]
-    got = torch.autograd.grad(out, wanted, upstream, allow_unused=True, materialize_grads=True)
-    return out, got
-
-
-def native_low_precision(pred, x0, noise, alpha, sigma, target):
-    """The formula as PyTorch computes it eagerly in the data's own dtype."""
-    a, s = alpha.to(pred.dtype).view(-1, *[1] * (pred.dim() - 1)), sigma.to(pred.dtype).view(-1, *[1] * (pred.dim() - 1))
-    t = {"eps": lambda: noise, "x0": lambda: x0, "v": lambda: a * noise - s * x0, "score": lambda: -noise / s}[target]()
-    return ((pred - t) ** 2).flatten(1).sum(1)
+def check_against_reference(name, target, inputs, upstream, wrt=(0, 1, 2, 3, 4)):
+    """Value and the gradients (inputs at positions ``wrt``) of backend ``name`` within the running
+    error bound of the reference (tests/numerics.py); a gradient the reference does not have (x0
+    for "eps") must be zero."""
+    return numerics.check_against_reference(lambda *a: vdm_fast.sq_error(*a, target=target, backend=name),
+                                            lambda *a: reference.sq_error(*a, target=target), inputs,
+                                            upstream=upstream, wrt=wrt, msg=f"{name} {target}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -49,15 +42,12 @@ def native_low_precision(pred, x0, noise, alpha, sigma, target):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_forward_backward_match_reference(backend, target, shape, dtype):
     name, device = backend
-    inputs = make_inputs(shape, dtype, device, requires_grad=True)
+    inputs = make_inputs(shape, dtype, device)
     upstream = 0.5 + torch.rand(shape[0], device=device, dtype=inputs[3].dtype)  # non-unit upstream gradient
-    out, got = grads(lambda *a: vdm_fast.sq_error(*a, target=target, backend=name), inputs, upstream)
-    ref, want = grads(lambda *a: reference.sq_error(*a, target=target), inputs, upstream)
+    out, got = check_against_reference(name, target, inputs, upstream)
     assert out.dtype == inputs[3].dtype and out.shape == (shape[0],)
-    assert_tight(out, ref, msg="sq_error")
-    for label, g, w in zip(ARG_NAMES, got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape, label
-        assert_tight(g, w, msg=f"grad {label}")
+    for label, g, t in zip(ARG_NAMES, got, inputs):
+        assert g.dtype == t.dtype and g.shape == t.shape, label
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -70,36 +60,26 @@ def test_single_input_requiring_grad(backend, target, wanted):
     i = ARG_NAMES.index(wanted)
     inputs[i].requires_grad_()
     upstream = 0.5 + torch.rand(3, device=device)
-    (g,) = torch.autograd.grad(vdm_fast.sq_error(*inputs, target=target, backend=name), inputs[i], upstream)
-    ref = reference.sq_error(*inputs, target=target)
-    if ref.requires_grad:
-        (w,) = torch.autograd.grad(ref, inputs[i], upstream, allow_unused=True, materialize_grads=True)
+    if reference.sq_error(*inputs, target=target).requires_grad:
+        check_against_reference(name, target, inputs, upstream, wrt=(i,))
     else:  # the target does not depend on this input (x0 for "eps"): its grad is zero
-        w = torch.zeros_like(inputs[i])
-    assert_tight(g, w)
+        (g,) = torch.autograd.grad(vdm_fast.sq_error(*inputs, target=target, backend=name), inputs[i], upstream)
+        assert g.shape == inputs[i].shape and torch.count_nonzero(g) == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
-def test_low_precision_within_2x_of_pytorch(backend, target, dtype):
+def test_low_precision_inputs_match_reference(backend, target, dtype):
+    """float16/bfloat16 data is read as it is and computed in float32: the float32 bound applies,
+    plus one rounding of a gradient to the data's dtype (the per-sample result stays float32)."""
     name, device = backend
     shape = (6, 3, 17, 9)
-    inputs = make_inputs(shape, dtype, device, requires_grad=True)
+    inputs = make_inputs(shape, dtype, device)
     upstream = 0.5 + torch.rand(shape[0], device=device)
-    out, got = grads(lambda *a: vdm_fast.sq_error(*a, target=target, backend=name), inputs, upstream)
+    out, got = check_against_reference(name, target, inputs, upstream)
     assert out.dtype == torch.float32
-
-    # Truth: the formula in float64 on the same (rounded) inputs.
-    d = [t.detach().double().requires_grad_() for t in inputs]
-    truth, truth_grads = grads(lambda *a: reference.sq_error(*a, target=target), d, upstream.double())
-    # PyTorch itself, eagerly in the low dtype.
-    n = [t.detach().to(dtype).requires_grad_() for t in inputs]
-    native, native_grads = grads(lambda *a: native_low_precision(*a, target), n, upstream.to(dtype))
-
-    assert_within_2x_of_torch(out, native, truth, "sq_error")
-    for label, ours, theirs, t in zip(ARG_NAMES, got, native_grads, truth_grads):
-        assert_within_2x_of_torch(ours, theirs, t, f"grad {label}")
+    assert got[0].dtype == dtype and got[3].dtype == torch.float32
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -138,13 +118,8 @@ def test_noncontiguous_inputs(backend, target, layout, which):
     else:
         x0 = odd
     noise = torch.randn(shape[0], shape[2], shape[1], shape[3], device=device).transpose(1, 2)  # mixed layouts
-    inputs = [t.detach().requires_grad_() for t in (pred, x0, noise, alpha, sigma)]
     upstream = 0.5 + torch.rand(shape[0], device=device)
-    out, got = grads(lambda *a: vdm_fast.sq_error(*a, target=target, backend=name), inputs, upstream)
-    ref, want = grads(lambda *a: reference.sq_error(*a, target=target), inputs, upstream)
-    assert_tight(out, ref)
-    for label, g, w in zip(ARG_NAMES, got, want):
-        assert_tight(g, w, msg=label)
+    out, got = check_against_reference(name, target, (pred, x0, noise, alpha, sigma), upstream)
     if layout == "channels_last" and which == "pred":
         assert got[0].is_contiguous(memory_format=torch.channels_last)
 
@@ -162,8 +137,9 @@ def test_coefficient_forms(backend, form):
         "(B,1,1,1)": lambda v: torch.full((3, 1, 1, 1), v, device=device),
         "float64": lambda v: torch.full((3,), v, device=device, dtype=torch.float64),
     }[form]
-    out = vdm_fast.sq_error(pred, x0, noise, coeff(a), coeff(s), "v", backend=name)
-    assert_tight(out, ((pred - (a * noise - s * x0)) ** 2).flatten(1).sum(1))
+    numerics.check_against_reference(lambda p, x, n: vdm_fast.sq_error(p, x, n, coeff(a), coeff(s), "v", backend=name),
+                                     lambda p, x, n: ((p - (a * n - s * x)) ** 2).flatten(1).sum(1), (pred, x0, noise),
+                                     msg=form)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -232,8 +208,11 @@ def test_compile_fullgraph(backend):
     def loss(pred, x0, noise, alpha, sigma):
         return (vdm_fast.sq_error(pred, x0, noise, alpha, sigma, "v", backend=name) * alpha).mean()
 
+    def reference_loss(pred, x0, noise, alpha, sigma):
+        return (reference.sq_error(pred, x0, noise, alpha, sigma, "v") * alpha).mean()
+
     inputs = make_inputs((4, 3, 8, 8), torch.float32, device, requires_grad=True)
-    assert_compiled_matches_eager(loss, inputs, inputs)
+    assert_compiled_matches_eager(loss, inputs, inputs, reference_loss)
 
 
 # --- bad input: a clear error naming the argument ---------------------------------------------
