@@ -62,7 +62,7 @@ def check_installed_tree(tree: str) -> None:
     import vdm_fast
 
     installed = os.path.dirname(os.path.abspath(vdm_fast.__file__))
-    if os.path.commonpath([installed, os.path.abspath(tree)]) == os.path.abspath(tree):
+    if os.path.samefile(installed, os.path.join(tree, "vdm_fast")):
         raise SystemExit(f"vdm_fast was imported from the source tree ({installed}), not from an installed copy")
     wanted = package_files(tree)
     missing = [p for p in wanted if not os.path.exists(os.path.join(installed, p))]
