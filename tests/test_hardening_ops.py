@@ -20,6 +20,7 @@ import vdm_fast
 from vdm_fast import backends, reference
 
 from strategies import assert_matches_reference, coefficient, data_tensors, per_sample
+from helpers import run_in_threads
 
 
 def _cpu_backends(op: str) -> list[str]:
@@ -317,34 +318,18 @@ def test_no_memory_growth_over_many_calls_of_every_op():
 
 
 def test_every_op_from_many_threads():
-    import threading
-
     inputs = [_small_inputs() for _ in range(4)]
     # The float64 truths and their running error bounds (tests/numerics.py), computed here: the
     # dispatch mode that computes them is not for the worker threads.
     want = [(numerics.running_error(lambda x, z, a, s: reference.sq_error(x, z, z, a, s, "v"), (x, z, alpha, sigma)),
              numerics.running_error(reference.recon_nll, (grid, x, alpha, sigma)))
             for x, grid, ddpm, z, alpha, sigma in inputs]
-    failures = []
-
     def worker(i):
         x, grid, ddpm, z, alpha, sigma = inputs[i]
-        try:
-            for _ in range(100):
-                got = (vdm_fast.sq_error(x, z, z, alpha, sigma, "v").detach(), vdm_fast.recon_nll(grid, x, alpha, sigma).detach())
-                for g, w, label in zip(got, want[i], ("sq_error", "recon_nll")):
-                    try:
-                        numerics.assert_within_bound(g, w.value, w.bound, msg=f"thread {i} {label}")
-                    except AssertionError as exc:
-                        failures.append(str(exc))
-                        return
-                _every_op_once(inputs[i])
-        except Exception as exc:  # noqa: BLE001 - reported below
-            failures.append(repr(exc))
+        for _ in range(100):
+            got = (vdm_fast.sq_error(x, z, z, alpha, sigma, "v").detach(), vdm_fast.recon_nll(grid, x, alpha, sigma).detach())
+            for g, w, label in zip(got, want[i], ("sq_error", "recon_nll")):
+                numerics.assert_within_bound(g, w.value, w.bound, msg=f"thread {i} {label}")
+            _every_op_once(inputs[i])
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(inputs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not failures, failures
+    run_in_threads(worker, len(inputs))

@@ -512,16 +512,24 @@ class TinyLearnedGamma(torch.nn.Module):
 
 
 def test_learned_schedule_module():
-    learned, fixed = TinyLearnedGamma(), schedules.LinearGamma(-8.0, 5.0)
+    fixed = schedules.LinearGamma(-8.0, 5.0)
     model = toy_model("eps")
     z0 = torch.randn(4, 3)
+    times = samplers.uniform_times(5)
     gen = torch.Generator().manual_seed(0)
-    a = samplers.sample_ancestral(model, z0, learned, samplers.uniform_times(5), generator=gen, backend=BACKEND)
+    b = samplers.sample_ancestral(model, z0, fixed, times, generator=gen, backend=BACKEND)
+    # A float64 module: exact, both schedules evaluate gamma = -8 + 13 t with the same float64
+    # operations (the loops build in float64), and the runs are the same operations from there on.
+    learned = TinyLearnedGamma().double()
     gen = torch.Generator().manual_seed(0)
-    b = samplers.sample_ancestral(model, z0, fixed, samplers.uniform_times(5), generator=gen, backend=BACKEND)
-    # Exact: both schedules evaluate gamma = -8 + 13 t with the same float32 operations, and the
-    # runs are the same operations from there on.
+    a = samplers.sample_ancestral(model, z0, learned, times, generator=gen, backend=BACKEND)
     assert torch.equal(a, b)
+    assert learned.gamma_min.grad is None
+    # A float32 module (a float32 network cannot take float64 times) is evaluated in float32, then
+    # the table is built from its gammas in float64.
+    learned = TinyLearnedGamma()
+    assert torch.equal(samplers.gammas(learned, times), fixed.gamma(times, torch.float32).double())
+    samplers.sample_ancestral(model, z0, learned, times, generator=torch.Generator().manual_seed(0), backend=BACKEND)
     assert learned.gamma_min.grad is None
 
 
@@ -551,8 +559,8 @@ def recorded_steps():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_data(dtype):
     """Half data: coefficients in float32, model output cast to z's dtype. Checked step by step: the
-    half run's coefficients are exactly the fp32 run's (the same float32 builders on the same grid),
-    and every step equals the reference step on its own (half) inputs within the running error
+    half run's coefficients are exactly the fp32 run's (the same float64 builders on the same grid,
+    cast once), and every step equals the reference step on its own (half) inputs within the running error
     bound of float32 arithmetic plus the rounding of the result to half. (The whole-loop bound does
     not apply here: it follows absolute values through every step, and x̂ = (z - sigma m) / alpha,
     1/alpha up to 12, makes it exceed the result itself after six half-precision steps.)"""
@@ -575,6 +583,37 @@ def test_low_precision_data(dtype):
                 lambda z, m, c, n: reference.reverse_step(z, m, c, clip=kw.get("clip"), noise=n),
                 (z_k, m_k, coeffs, kw.get("noise")), dtype=torch.float32)
             numerics.assert_within_bound(out, truth.value, truth.bound, msg=f"{run.__name__} call {k}")
+
+
+def test_tables_built_in_float64_and_cast_once():
+    """The loops build gamma and the coefficient table in float64 and cast the finished table once
+    to the compute dtype of the data (DESIGN.md §5). Built from float32 gammas, as before, the
+    c = -expm1(gamma_s - gamma_t) of neighbouring levels carried their rounding divided by the gap
+    between them: the posterior variance at t = 960 of a 1000-step linear table was 4.7e-5 relative
+    off (about 390 float32 ulps). Now the float32 table is the float64 table rounded once, and its
+    posterior standard deviations are within one float32 rounding of DDPM's beta-tilde computed from
+    the betas in float64 (so the variances within two float32 ulps and a square of one)."""
+    sch = schedules.DiscreteSchedule.linear(1000)
+    times = samplers.discrete_times(1000, 1000)  # 999, ..., 0, -1: step i goes from t = 999 - i
+    with recorded_steps() as calls:
+        samplers.sample_ancestral(lambda z, t: torch.zeros_like(z), torch.zeros(1, 1), sch, times, backend=BACKEND)
+    table = torch.stack([coeffs for _, _, coeffs, _, _ in calls])  # (1000, 6, 1)
+    assert table.dtype == torch.float32
+    g = samplers.gammas(sch, times)
+    assert g.dtype == torch.float64
+    assert torch.equal(table, samplers.ancestral_coeffs(g[:-1, None], g[1:, None]).float())
+
+    def posterior_std(betas):  # DDPM's beta-tilde_t = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)
+        ab = torch.cumprod(1 - betas, 0)
+        ab_prev = torch.cat([torch.ones(1, dtype=betas.dtype), ab[:-1]])
+        return (betas * (1 - ab_prev) / (1 - ab)).sqrt().flip(0)
+
+    truth = numerics.running_error(posterior_std, (sch.betas,))
+    numerics.assert_within_bound(table[:, 5, 0], truth.value, truth.bound, msg="posterior std, float32 table")
+    i = 999 - 960
+    eps32 = torch.finfo(torch.float32).eps
+    rel = abs(table[i, 5, 0].double().item() ** 2 / truth.value[i].item() ** 2 - 1)
+    assert rel <= 2 * eps32 + eps32**2 + numerics.K * 2 * truth.bound[i].item() / truth.value[i].item(), rel
 
 
 def test_empty_batch():
@@ -959,3 +998,12 @@ def test_no_cuda_sync_inside_loop(name):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("eta", [1.5, -0.1, torch.tensor([0.5, 1.2])], ids=["above_one", "negative", "one_sample_above"])
+def test_ddim_eta_outside_unit_interval_raises(eta):
+    """Beyond 1 the step's variance would exceed the level's (the coefficient table holds NaN, as
+    diffusers' does): the sampler refuses it rather than return NaN or a clamped other step."""
+    with pytest.raises(ValueError, match="eta"):
+        samplers.sample_ddim(toy_model("eps"), torch.randn(2, 3), schedules.LinearGamma(), samplers.uniform_times(3),
+                             eta=eta, backend=BACKEND)
