@@ -9,8 +9,10 @@ every layout, alone and next to others in a second layout, with the layout rule'
 gradient strides (DESIGN.md §4.8); every coefficient form; inputs not modified; no autograd node
 without an input that requires grad, and no gradient for data that is not differentiable;
 gradcheck in float64; torch.library.opcheck of the native ops (forward, and backward under partial
-masks) and of the Triton ops; torch.compile(fullgraph=True); bad input raising an error that names
-the argument, the cases generated from each argument's role; unknown and unavailable backends.
+masks, channels_last data alone and mixed with contiguous) and of the Triton ops;
+torch.compile(fullgraph=True); bad input raising an error that names the argument and leaves the
+other inputs unmodified, the cases generated from each argument's role; the native ops' own checks
+(forward and backward); unknown and unavailable backends.
 What is particular to one op stays in tests/test_<op>.py. Ops that draw noise (a generator
 argument) are compared with the reference in tests/test_randn_like.py and tests/test_q_sample_randn.py
 (the Philox stream); here they get the rest.
@@ -373,18 +375,32 @@ def test_opcheck_native(name):
                 args = list(spec.prepare(*public_args))
                 if offset is not None:
                     args[names.index("offset")] = offset
-                if len(shape) == 4:  # channels_last data
-                    args = [a.contiguous(memory_format=torch.channels_last)
-                            if isinstance(a, torch.Tensor) and a.dim() == 4 else a for a in args]
-                for i in spec.differentiable:
-                    args[i] = args[i].detach().requires_grad_()
-                torch.library.opcheck(getattr(torch.ops.vdm_fast, name).default, tuple(args))
-                if spec.has_backward:
-                    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
-                    out = getattr(torch.ops.vdm_fast, name)(*plain)
-                    for mask in backward_masks(len(spec.differentiable)):
-                        torch.library.opcheck(getattr(torch.ops.vdm_fast, f"{name}_backward").default,
-                                              (torch.rand_like(out), *plain, mask))
+                for layout_args in channels_last_variants(args):
+                    opcheck_native_once(spec, layout_args)
+
+
+def channels_last_variants(args):
+    """4-d data: every 4-d tensor channels_last, and the first one alone (the others contiguous:
+    mixed layouts, the fake's output strides follow the first). Other data: as it is."""
+    four_d = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.dim() == 4]
+    if not four_d:
+        return [args]
+    return [[a.contiguous(memory_format=torch.channels_last) if i in four_d[:k] else a for i, a in enumerate(args)]
+            for k in sorted({len(four_d), 1}, reverse=True)]
+
+
+def opcheck_native_once(spec, args):
+    name = spec.name
+    args = list(args)
+    for i in spec.differentiable:
+        args[i] = args[i].detach().requires_grad_()
+    torch.library.opcheck(getattr(torch.ops.vdm_fast, name).default, tuple(args))
+    if spec.has_backward:
+        plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+        out = getattr(torch.ops.vdm_fast, name)(*plain)
+        for mask in backward_masks(len(spec.differentiable)):
+            torch.library.opcheck(getattr(torch.ops.vdm_fast, f"{name}_backward").default,
+                                  (torch.rand_like(out), *plain, mask))
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -441,9 +457,12 @@ def bad_cases(spec):
         n = arg.name
         if arg.role in (DATA, LIKE):
             cases += [(f"{n}-list", i, lambda v: v.tolist(), TypeError, n),
-                      (f"{n}-int", i, lambda v: v.to(torch.int64), TypeError, n)]
+                      (f"{n}-numpy", i, lambda v: v.numpy(), TypeError, n),
+                      (f"{n}-int", i, lambda v: v.to(torch.int64), TypeError, n),
+                      (f"{n}-bool", i, lambda v: v > 0, TypeError, n)]
             if arg.role == DATA and i != data[0]:
                 cases += [(f"{n}-shape", i, lambda v: v[:, :-1], ValueError, n),
+                          (f"{n}-permuted", i, lambda v: v.transpose(1, 2), ValueError, n),  # same numel
                           (f"{n}-rank", i, lambda v: v[..., 0], ValueError, n),
                           (f"{n}-dtype", i, lambda v: v.double(), TypeError, n),
                           (f"{n}-half", i, lambda v: v.half(), TypeError, n),
@@ -470,11 +489,15 @@ def bad_cases(spec):
 @pytest.mark.parametrize("spec, case", [pytest.param(s, c, id=f"{s.name}-{c[0]}") for s in SPECS.values()
                                         for c in bad_cases(s)])
 def test_bad_input_names_the_argument(spec, case):
+    """The error names the argument, and the other inputs are left as they were."""
     _, position, make_bad, exc, name = case
     args = sample(spec, (4, 3, 5), torch.float32, "cpu")
     args[position] = make_bad(args[position])
+    before = {i: a.clone() for i, a in enumerate(args) if isinstance(a, torch.Tensor) and i != position}
     with pytest.raises(exc, match=name):
         public(spec)(*args)
+    for i, b in before.items():
+        assert torch.equal(args[i], b), f"{spec.args[i].name} was modified"
 
 
 # The dispatcher ops are public too (torch.ops.vdm_fast.<op>): they check what they are given.
@@ -484,8 +507,8 @@ NATIVE_CHOICE_ERROR = {"sq_error": ValueError}
 
 @pytest.mark.parametrize("name", list(SPECS))
 def test_native_op_checks_name_the_argument(name):
-    """An unknown name, a coefficient of another dtype or length, an upstream gradient of another
-    dtype or length: each an error naming the argument."""
+    """An unknown name (forward and backward), a coefficient of another dtype or length, an
+    upstream gradient of another dtype or length: each an error naming the argument."""
     spec = SPECS[name]
     if not vdm_fast._library.has_native_kernel(name, "CPU"):
         pytest.skip("native CPU kernel not built")
@@ -510,6 +533,10 @@ def test_native_op_checks_name_the_argument(name):
         for bad in (torch.ones_like(out)[:1], torch.ones_like(out, dtype=torch.float64)):
             with pytest.raises(RuntimeError, match="grad"):
                 backward(bad, *args, mask)
+        for i, arg in enumerate(native):
+            if arg.role == CHOICE:
+                with pytest.raises(NATIVE_CHOICE_ERROR.get(name, RuntimeError), match=arg.name):
+                    backward(torch.ones_like(out), *args[:i], "", *args[i + 1:], mask)
 
 
 @pytest.mark.parametrize("name", list(SPECS))

@@ -583,7 +583,7 @@ def test_coefficients_reproduce_diffusers(scheduler, clip, monkeypatch):
         ("coeffs_len", TypeError, "coeffs"),
         ("coeffs_row_length", ValueError, "coeffs.c_x"),
         ("coeffs_device", ValueError, "coeffs"),
-        ("uncond_alone", ValueError, "uncond"),
+        ("uncond_alone", ValueError, "uncond and guidance_scale"),
         ("guidance_scale_alone", ValueError, "guidance_scale"),
         ("guidance_scale_length", ValueError, "guidance_scale"),
         ("uncond_shape", ValueError, "uncond"),
@@ -592,6 +592,7 @@ def test_coefficients_reproduce_diffusers(scheduler, clip, monkeypatch):
         ("grad_scale_bool", TypeError, "grad_scale"),
         ("classifier_grad_dtype", TypeError, "classifier_grad"),
         ("noise_shape", ValueError, "noise"),
+        ("noise_dtype", TypeError, "noise"),
         ("noise_device", ValueError, "noise"),
         ("clip_negative", ValueError, "clip"),
         ("clip_bool", ValueError, "clip"),
@@ -624,6 +625,7 @@ def test_bad_inputs_name_the_argument(case, exc, match):
             "grad_scale_bool": dict(classifier_grad=torch.randn(4, 3, 5), grad_scale=True),
             "classifier_grad_dtype": dict(classifier_grad=torch.randn(4, 3, 5, dtype=torch.float64), grad_scale=1.0),
             "noise_shape": dict(noise=torch.randn(4, 3, 6)),
+            "noise_dtype": dict(noise=kw["noise"].double()),
             "noise_device": dict(noise=kw["noise"].to(meta)),
             "clip_negative": dict(clip=-1.0),
             "clip_bool": dict(clip=True),
@@ -632,8 +634,12 @@ def test_bad_inputs_name_the_argument(case, exc, match):
         }[case]
     )
     z, m, coeffs = args.pop("z"), args.pop("model_out"), args.pop("coeffs")
+    tensors = [t for t in (z, m, coeffs, *args.values()) if isinstance(t, torch.Tensor) and t.device.type == "cpu"]
+    before = [t.clone() for t in tensors]
     with pytest.raises(exc, match=match):
         reverse_step(z, m, coeffs, **args)
+    for b, t in zip(before, tensors):
+        assert torch.equal(b, t), "an input was modified"
 
 
 def test_native_op_checks_name_the_argument():

@@ -840,50 +840,49 @@ def _z(seed=1):
     return torch.randn(N, 2, generator=gen), gen
 
 
-@pytest.mark.parametrize("param,variance", [("eps", "posterior"), ("v", "beta")])
-def test_gmm_ancestral_continuous(target, param, variance):
+def check_sampler(target, sampler, schedule, times, parameterization=None, *, noise=True, from_z0=False, **kw):
+    """``sampler`` run from z ~ N(0, I) (seed 1) with the mixture's exact model in
+    ``parameterization`` (the model's and sampler's default when None), its noise drawn from the
+    generator z came from when ``noise``, matches the target (check_matches; ``from_z0``: the
+    draws are z_0, rescaled by 1/alpha_0 first)."""
     gmm, x = target
     z, gen = _z()
-    out = samplers.sample_ancestral(gmm.model(CONT, param), z, CONT, samplers.uniform_times(100),
-                                    parameterization=param,
-                                    variance=variance, generator=gen, backend=BACKEND)
-    check_matches(_from_z0(out), gmm, x)
+    if parameterization is None:
+        model = gmm.model(schedule)
+    else:
+        model = gmm.model(schedule, parameterization)
+        kw["parameterization"] = parameterization
+    if noise:
+        kw["generator"] = gen
+    out = sampler(model, z, schedule, times, backend=BACKEND, **kw)
+    check_matches(_from_z0(out) if from_z0 else out, gmm, x)
+
+
+@pytest.mark.parametrize("param,variance", [("eps", "posterior"), ("v", "beta")])
+def test_gmm_ancestral_continuous(target, param, variance):
+    check_sampler(target, samplers.sample_ancestral, CONT, samplers.uniform_times(100), param, variance=variance,
+                  from_z0=True)
 
 
 def test_gmm_ancestral_discrete(target):
-    gmm, x = target
-    d = schedules.DiscreteSchedule.cosine()
-    z, gen = _z()
-    out = samplers.sample_ancestral(gmm.model(d, "x0"), z, d, samplers.discrete_times(1000, 100), parameterization="x0",
-                                    generator=gen, backend=BACKEND)
-    check_matches(out, gmm, x)
+    check_sampler(target, samplers.sample_ancestral, schedules.DiscreteSchedule.cosine(),
+                  samplers.discrete_times(1000, 100), "x0")
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_gmm_ddim(target, eta):
-    gmm, x = target
-    d = schedules.DiscreteSchedule.linear()
-    z, gen = _z()
-    out = samplers.sample_ddim(gmm.model(d), z, d, samplers.discrete_times(1000, 50), eta=eta, generator=gen,
-                               backend=BACKEND)
-    check_matches(out, gmm, x)
+    check_sampler(target, samplers.sample_ddim, schedules.DiscreteSchedule.linear(), samplers.discrete_times(1000, 50),
+                  eta=eta)
 
 
 def test_gmm_annealed_langevin(target):
-    gmm, x = target
     sch = schedules.LinearGamma(-8.0, 6.0)  # uniform in gamma: geometric sigmã from 20 to 0.018
-    z, gen = _z()
-    out = samplers.sample_annealed_langevin(gmm.model(sch, "score"), z, sch, samplers.uniform_times(30),
-                                            n_steps_each=20, denoise=True, generator=gen, backend=BACKEND)
-    check_matches(out, gmm, x)
+    check_sampler(target, samplers.sample_annealed_langevin, sch, samplers.uniform_times(30), "score",
+                  n_steps_each=20, denoise=True)
 
 
 def test_gmm_pc_batch_norms(target):
-    gmm, x = target
-    z, gen = _z()
-    out = samplers.sample_pc(gmm.model(CONT), z, CONT, samplers.uniform_times(100), norm="batch", generator=gen,
-                             backend=BACKEND)
-    check_matches(_from_z0(out), gmm, x)
+    check_sampler(target, samplers.sample_pc, CONT, samplers.uniform_times(100), norm="batch", from_z0=True)
 
 
 def test_gmm_pc_per_sample_norms(target):
@@ -903,20 +902,13 @@ def test_gmm_pc_per_sample_norms(target):
 
 @pytest.mark.parametrize("method,steps", [("euler", 100), ("heun", 25)])
 def test_gmm_ode(target, method, steps):
-    gmm, x = target
-    z, _ = _z()
-    out = samplers.sample_ode(gmm.model(CONT, "score"), z, CONT, samplers.uniform_times(steps), method=method,
-                              parameterization="score", backend=BACKEND)
-    check_matches(_from_z0(out), gmm, x)
+    check_sampler(target, samplers.sample_ode, CONT, samplers.uniform_times(steps), "score", noise=False,
+                  method=method, from_z0=True)
 
 
 def test_gmm_ode_heun_discrete(target):
-    gmm, x = target
-    d = schedules.DiscreteSchedule.linear()
-    z, _ = _z()
-    out = samplers.sample_ode(gmm.model(d, "v"), z, d, samplers.discrete_times(1000, 25), parameterization="v",
-                              backend=BACKEND)
-    check_matches(out, gmm, x)
+    check_sampler(target, samplers.sample_ode, schedules.DiscreteSchedule.linear(), samplers.discrete_times(1000, 25),
+                  "v", noise=False)
 
 
 # --- no host-device synchronisation ----------------------------------------------------------------------------
@@ -1000,10 +992,11 @@ def test_no_cuda_sync_inside_loop(name):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("eta", [1.5, -0.1, torch.tensor([0.5, 1.2])], ids=["above_one", "negative", "one_sample_above"])
-def test_ddim_eta_outside_unit_interval_raises(eta):
+@pytest.mark.parametrize("eta, error", [(1.5, ValueError), (-0.1, ValueError), (torch.tensor([0.5, 1.2]), RuntimeError)],
+                         ids=["above_one", "negative", "one_sample_above"])
+def test_ddim_eta_outside_unit_interval_raises(eta, error):
     """Beyond 1 the step's variance would exceed the level's (the coefficient table holds NaN, as
     diffusers' does): the sampler refuses it rather than return NaN or a clamped other step."""
-    with pytest.raises(ValueError, match="eta"):
+    with pytest.raises(error, match="eta"):  # a tensor eta is checked on its device (no host sync)
         samplers.sample_ddim(toy_model("eps"), torch.randn(2, 3), schedules.LinearGamma(), samplers.uniform_times(3),
                              eta=eta, backend=BACKEND)

@@ -212,8 +212,9 @@ def sample_ddim(model, z: torch.Tensor, schedule, times, *, eta=0.0, parameteriz
     """DDIM(eta) sampling over ``times`` (see :func:`ddim_coeffs`; arguments as :func:`sample_ancestral`).
     With a float ``eta == 0`` the run is deterministic and draws no noise. eta must lie in [0, 1]
     (beyond 1 the step's variance would exceed the level's: the table holds NaN, as diffusers')."""
-    in_range = torch.as_tensor(eta, dtype=torch.float64)
-    if in_range.is_floating_point() and not bool(((in_range >= 0) & (in_range <= 1)).all()):
+    if isinstance(eta, torch.Tensor):  # checked on the device: no host sync in the loop's setup
+        torch._assert_async(((eta >= 0) & (eta <= 1)).all(), "sample_ddim: eta must lie in [0, 1]")
+    elif not 0 <= eta <= 1:
         raise ValueError(f"sample_ddim: eta must lie in [0, 1], got {eta!r}")
     stochastic = not (isinstance(eta, (int, float)) and eta == 0)
     return _run_two_level(lambda gt, gs: ddim_coeffs(gt, gs, parameterization, eta, clipped_eps), model, z, schedule,
