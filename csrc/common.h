@@ -5,7 +5,7 @@
 // is "batch-major dense" (non-overlapping and dense, and dim 0 has stride D: contiguous,
 // channels_last, ...); otherwise it is copied once into that layout. Outputs take the strides of
 // the first data input when it is batch-major dense, else they are contiguous. The fake (meta)
-// kernels in vdm_fast/_layout.py apply the same rule.
+// kernels in kernels/_layout.py apply the same rule.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -74,6 +74,26 @@ inline at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& like) {
 // The dtype kernels compute in and take per-sample coefficients in.
 inline at::ScalarType compute_dtype(at::ScalarType data) {
   return data == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The same as a C++ type for the kernels of both backends: acc_t<scalar_t> is float for
+// reduced-precision and float32 data, double for float64 data.
+template <typename scalar_t>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+template <typename scalar_t>
+using acc_t = typename Acc<scalar_t>::type;
+
+// The data pointer of a backward op's output, or null when the output is not wanted (kernels
+// skip null outputs).
+template <typename T>
+T* output_ptr(bool wanted, const at::Tensor& t) {
+  return wanted ? t.mutable_data_ptr<T>() : nullptr;
 }
 
 inline void check_data(const char* op, const char* name, const at::Tensor& t) {

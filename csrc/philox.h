@@ -18,6 +18,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define VDM_FAST_HD __host__ __device__ __forceinline__
@@ -66,31 +67,29 @@ VDM_FAST_HD Block philox_block(uint64_t seed, uint64_t offset, uint64_t block) {
   return philox4x32_10(lo32(block), hi32(block), lo32(offset), hi32(offset), lo32(seed), hi32(seed));
 }
 
-VDM_FAST_HD float bits_as_float(uint32_t v) {
+// The 32 bits of v read as type To (float <-> uint32): CUDA's intrinsics on the device, a union on
+// the host (GCC folds it into a register move, also in vectorised loops).
+template <typename To, typename From>
+VDM_FAST_HD To bit_cast32(From v) {
+  static_assert(sizeof(To) == 4 && sizeof(From) == 4, "bit_cast32: 32-bit types only");
 #if defined(__CUDA_ARCH__)
-  return __uint_as_float(v);
+  if constexpr (std::is_same_v<To, float>) {
+    return __uint_as_float(v);
+  } else {
+    return __float_as_uint(v);
+  }
 #else
   union {
-    uint32_t u;
-    float f;
+    From from;
+    To to;
   } c;
-  c.u = v;
-  return c.f;
+  c.from = v;
+  return c.to;
 #endif
 }
 
-VDM_FAST_HD uint32_t float_as_bits(float v) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(v);
-#else
-  union {
-    float f;
-    uint32_t u;
-  } c;
-  c.f = v;
-  return c.u;
-#endif
-}
+VDM_FAST_HD float bits_as_float(uint32_t v) { return bit_cast32<float>(v); }
+VDM_FAST_HD uint32_t float_as_bits(float v) { return bit_cast32<uint32_t>(v); }
 
 // uint32 -> float32 in (0, 1]: the top 24 bits plus one, times 2^-24. Exact (no rounding), so
 // every backend gets the same uniform.

@@ -87,4 +87,30 @@ inline StepInputs prepare_reverse_step(const char* op, const at::Tensor& z, cons
   return in;
 }
 
+// The raw pointers of StepInputs both backends' kernels take, for data of type scalar_t (null for
+// an absent optional input), and the clamp bound in the compute type.
+template <typename scalar_t>
+struct StepPtrs {
+  scalar_t* out;
+  const scalar_t *z, *model_out, *uncond, *grad, *noise;  // noise: the tensor (NoiseSource::kTensor)
+  const acc_t<scalar_t> *coeffs, *guidance_scale, *grad_scale;
+  acc_t<scalar_t> clip;
+};
+
+template <typename scalar_t>
+StepPtrs<scalar_t> step_ptrs(const StepInputs& in) {
+  using acc = acc_t<scalar_t>;
+  const bool cfg = in.flags.cfg, cg = in.flags.cg, tensor_noise = in.flags.noise == NoiseSource::kTensor;
+  return {in.out.mutable_data_ptr<scalar_t>(),
+          in.z.const_data_ptr<scalar_t>(),
+          in.model_out.const_data_ptr<scalar_t>(),
+          cfg ? in.uncond.const_data_ptr<scalar_t>() : nullptr,
+          cg ? in.grad.const_data_ptr<scalar_t>() : nullptr,
+          tensor_noise ? in.noise.const_data_ptr<scalar_t>() : nullptr,
+          in.coeffs.const_data_ptr<acc>(),
+          cfg ? in.guidance_scale.const_data_ptr<acc>() : nullptr,
+          cg ? in.grad_scale.const_data_ptr<acc>() : nullptr,
+          static_cast<acc>(in.clip)};
+}
+
 }  // namespace vdm_fast

@@ -6,14 +6,10 @@
 // DESIGN.md §6) then only changes where n comes from, never this function.
 #pragma once
 
+#include <c10/macros/Macros.h>
+
 #include <cstdint>
 #include <type_traits>
-
-#if defined(__CUDACC__)
-#define VDM_FAST_HOST_DEVICE __host__ __device__
-#else
-#define VDM_FAST_HOST_DEVICE
-#endif
 
 namespace vdm_fast {
 
@@ -43,12 +39,12 @@ struct StepFlags {
 // Whether a sample's noise must be drawn: not where c_n == 0 (the term is then exactly 0 for any
 // finite n); a NaN c_n draws, so the NaN reaches the output as it would with a noise tensor.
 template <typename acc_t>
-VDM_FAST_HOST_DEVICE inline bool needs_noise(acc_t c_n) {
+C10_HOST_DEVICE inline bool needs_noise(acc_t c_n) {
   return !(c_n == acc_t(0));
 }
 
 template <typename acc_t>
-VDM_FAST_HOST_DEVICE inline StepScalars<acc_t> load_step_scalars(const acc_t* coeffs, int64_t B, int64_t b,
+C10_HOST_DEVICE inline StepScalars<acc_t> load_step_scalars(const acc_t* coeffs, int64_t B, int64_t b,
                                                                   const acc_t* w, const acc_t* gs, acc_t clip) {
   StepScalars<acc_t> s;
   s.a_z = coeffs[kAZ * B + b];
@@ -66,7 +62,7 @@ VDM_FAST_HOST_DEVICE inline StepScalars<acc_t> load_step_scalars(const acc_t* co
 // c_z z + c_m m + c_x x̂ for one element, with m the guided model output and x̂ = a_z z + a_m m,
 // clamped to [-clip, clip] when CLIP. The comparisons keep a NaN x̂ NaN, as torch.clamp does.
 template <bool CFG, bool CG, bool CLIP, typename acc_t>
-VDM_FAST_HOST_DEVICE inline acc_t step_mean(acc_t z, acc_t model_out, acc_t uncond, acc_t grad,
+C10_HOST_DEVICE inline acc_t step_mean(acc_t z, acc_t model_out, acc_t uncond, acc_t grad,
                                             const StepScalars<acc_t>& s) {
   acc_t m = model_out;
   if constexpr (CFG) m = uncond + s.w * (model_out - uncond);

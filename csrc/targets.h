@@ -8,18 +8,12 @@
 // x0 does not read noise), so those forwards read two tensors, not three, and no 0*inf makes a NaN.
 #pragma once
 
+#include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
-#include <cstdint>
 #include <string>
 #include <type_traits>
-
-#if defined(__CUDACC__)
-#define VDM_FAST_HOST_DEVICE __host__ __device__
-#else
-#define VDM_FAST_HOST_DEVICE
-#endif
 
 namespace vdm_fast {
 
@@ -33,14 +27,20 @@ inline Target parse_target(const char* op, c10::string_view name) {
   TORCH_CHECK_VALUE(false, op, ": target must be one of 'eps', 'x0', 'v', 'score', got '", std::string(name), "'");
 }
 
-// Which of x0 / noise the target reads.
+// Which of x0 / noise the target reads, and whether it depends on alpha / sigma (its coefficients
+// are not constants), for a runtime target (host code) ...
+constexpr bool target_uses_x0(int t) { return t == kX0 || t == kV; }
+constexpr bool target_uses_noise(int t) { return t != kX0; }
+constexpr bool target_uses_alpha_sigma(int t) { return t == kV || t == kScore; }
+
+// ... and as compile-time constants of a kernel instantiated for target T.
 template <int T>
 constexpr bool target_uses_x0() {
-  return T == kX0 || T == kV;
+  return target_uses_x0(T);
 }
 template <int T>
 constexpr bool target_uses_noise() {
-  return T != kX0;
+  return target_uses_noise(T);
 }
 
 // Per-sample coefficients (tx, tn) of the target and their derivatives in alpha and sigma.
@@ -52,7 +52,7 @@ struct TargetCoeffs {
 };
 
 template <int T, typename acc_t>
-VDM_FAST_HOST_DEVICE inline TargetCoeffs<acc_t> target_coeffs(acc_t a, acc_t s) {
+C10_HOST_DEVICE inline TargetCoeffs<acc_t> target_coeffs(acc_t a, acc_t s) {
   if (T == kEps) return {acc_t(0), acc_t(1), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   if (T == kX0) return {acc_t(1), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   if (T == kV) return {-s, a, acc_t(0), acc_t(1), acc_t(-1), acc_t(0)};
@@ -62,7 +62,7 @@ VDM_FAST_HOST_DEVICE inline TargetCoeffs<acc_t> target_coeffs(acc_t a, acc_t s) 
 
 // The target at one element (only the terms the target uses are read).
 template <int T, typename acc_t>
-VDM_FAST_HOST_DEVICE inline acc_t target_value(acc_t x, acc_t n, acc_t tx, acc_t tn) {
+C10_HOST_DEVICE inline acc_t target_value(acc_t x, acc_t n, acc_t tx, acc_t tn) {
   if (T == kEps) return n;
   if (T == kX0) return x;
   if (T == kV) return tx * x + tn * n;

@@ -15,9 +15,9 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from vdm_fast._layout import empty_out_like, in_layout_of, per_sample_numel
+from ._layout import empty_out_like, in_layout_of, per_sample_numel
 
-from ._common import REDUCE_CHUNK
+from ._common import REDUCE_CHUNK, sample_block
 
 BLOCK = 1024
 CDFS = ("erf", "tanh")
@@ -108,9 +108,7 @@ def _dgauss_kernel(x_ptr, m_ptr, l_ptr, partial_ptr, D, TANH: tl.constexpr, FP64
     total = tl.zeros([BLOCK], dtype=cdt)
     # Only the part of the chunk inside the sample: the last chunk is often short.
     for k0 in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):
-        local = c * CHUNK + k0 + tl.arange(0, BLOCK).to(tl.int64)
-        mask = local < D
-        offs = b * D + local
+        offs, mask = sample_block(b, c, k0, D, CHUNK, BLOCK)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(cdt)
         m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(cdt)
         ls = tl.load(l_ptr + offs, mask=mask, other=0.0).to(cdt)

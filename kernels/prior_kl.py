@@ -11,9 +11,9 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from vdm_fast._layout import empty_out_like, in_layout_of, per_sample_numel
+from ._layout import empty_out_like, in_layout_of, per_sample_numel
 
-from ._common import REDUCE_CHUNK, acc_tl_dtype
+from ._common import REDUCE_CHUNK, acc_tl_dtype, sample_block
 
 BLOCK = 1024
 
@@ -29,9 +29,7 @@ def _prior_kl_kernel(gx_ptr, x_ptr, k_ptr, partial_ptr, D, ACC: tl.constexpr, WA
     if WANT_GX:
         k = tl.load(k_ptr + b).to(ACC)
     for j in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):  # this chunk's length: no idle steps
-        local = c * CHUNK + j + tl.arange(0, BLOCK).to(tl.int64)
-        mask = local < D
-        offs = b * D + local
+        offs, mask = sample_block(b, c, j, D, CHUNK, BLOCK)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
         if WANT_GX:
             tl.store(gx_ptr + offs, (k * x).to(gx_ptr.dtype.element_ty), mask=mask)

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from vdm_fast._layout import empty_out_like, in_layout_of, per_sample_numel
+from ._layout import empty_out_like, in_layout_of, per_sample_numel
 
 from ._common import REDUCE_CHUNK
 
@@ -71,10 +71,11 @@ def q_sample(x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, noise: 
 
 
 def q_sample_backward(
-    grad: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+    grad: torch.Tensor, x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
     output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    want_gx, want_gn, want_ga, want_gs = output_mask
+    """(grad_x0, grad_alpha, grad_sigma, grad_noise): the forward's arguments and order."""
+    want_gx, want_ga, want_gs, want_gn = output_mask
     B, D = x0.shape[0], per_sample_numel(x0)
     gx = empty_out_like(x0) if want_gx else x0.new_empty(0)
     gn = empty_out_like(x0) if want_gn else x0.new_empty(0)  # one layout for all outputs
@@ -93,4 +94,4 @@ def q_sample_backward(
     # Two separate reductions: the outputs of a custom op may not alias each other.
     ga = partial[:, :, 0].sum(1).to(alpha.dtype) if want_ga else alpha.new_empty(0)
     gs = partial[:, :, 1].sum(1).to(sigma.dtype) if want_gs else sigma.new_empty(0)
-    return gx, gn, ga, gs
+    return gx, ga, gs, gn

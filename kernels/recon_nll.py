@@ -12,9 +12,9 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from vdm_fast._layout import empty_out_like, in_layout_of, per_sample_numel
+from ._layout import empty_out_like, in_layout_of, per_sample_numel
 
-from ._common import REDUCE_CHUNK
+from ._common import REDUCE_CHUNK, sample_block
 
 BLOCK = 256
 
@@ -71,6 +71,13 @@ def _element(z, a, s, kstar, L, GRAD: tl.constexpr):
     return nll, sd / acc, sd2 / acc, qs, cs
 
 
+@triton.jit
+def _bins_and_latents(x_ptr, z_ptr, offs, mask, a):
+    """The bins of one block of x0 and its z0 in the compute dtype (``a``'s)."""
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    return _bin_index(x), tl.load(z_ptr + offs, mask=mask, other=0.0).to(a.dtype)
+
+
 # grid = (B, chunks): program (b, c) covers elements [c*CHUNK, (c+1)*CHUNK) of sample b.
 @triton.jit
 def _recon_nll_kernel(x_ptr, z_ptr, a_ptr, s_ptr, partial_ptr, D, TAIL: tl.constexpr, CHUNK: tl.constexpr,
@@ -83,12 +90,9 @@ def _recon_nll_kernel(x_ptr, z_ptr, a_ptr, s_ptr, partial_ptr, D, TAIL: tl.const
     total = tl.zeros([BLOCK], dtype=a.dtype)
     # Only the part of the chunk inside the sample: the last chunk is often short.
     for k0 in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):
-        local = c * CHUNK + k0 + tl.arange(0, BLOCK).to(tl.int64)
-        mask = local < D
-        offs = b * D + local
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(a.dtype)
-        nll, _, _, _, _ = _element(z, a, s, _bin_index(x), L, False)
+        offs, mask = sample_block(b, c, k0, D, CHUNK, BLOCK)
+        k, z = _bins_and_latents(x_ptr, z_ptr, offs, mask, a)
+        nll, _, _, _, _ = _element(z, a, s, k, L, False)
         total += tl.where(mask, nll, 0.0)
     tl.store(partial_ptr + b * tl.num_programs(1) + c, tl.sum(total, axis=0).to(tl.float64))
 
@@ -107,12 +111,9 @@ def _recon_nll_backward_kernel(gz_ptr, g_ptr, x_ptr, z_ptr, a_ptr, s_ptr, partia
     ss = tl.zeros([BLOCK], dtype=a.dtype)
     # Only the part of the chunk inside the sample: the last chunk is often short.
     for k0 in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):
-        local = c * CHUNK + k0 + tl.arange(0, BLOCK).to(tl.int64)
-        mask = local < D
-        offs = b * D + local
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(a.dtype)
-        _, ed, ed2, qs, cs = _element(z, a, s, _bin_index(x), L, True)
+        offs, mask = sample_block(b, c, k0, D, CHUNK, BLOCK)
+        k, z = _bins_and_latents(x_ptr, z_ptr, offs, mask, a)
+        _, ed, ed2, qs, cs = _element(z, a, s, k, L, True)
         if WANT_GZ:
             tl.store(gz_ptr + offs, (g * (r * ed / s)).to(gz_ptr.dtype.element_ty), mask=mask)
         sa += tl.where(mask, (qs * ed - r * cs * ed - r * ed2) / s, 0.0)

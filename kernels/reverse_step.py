@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from vdm_fast._layout import empty_out_like, in_layout_of, per_sample_numel
+from ._layout import empty_out_like, in_layout_of, per_sample_numel
 
 from . import philox
 

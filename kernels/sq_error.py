@@ -12,9 +12,9 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from vdm_fast._layout import empty_out_like, in_layout_of, per_sample_numel
+from ._layout import empty_out_like, in_layout_of, per_sample_numel
 
-from ._common import REDUCE_CHUNK
+from ._common import REDUCE_CHUNK, sample_block
 
 BLOCK = 1024
 TARGET_IDS = {"eps": 0, "x0": 1, "v": 2, "score": 3}
@@ -61,9 +61,8 @@ def _sq_error_kernel(p_ptr, x_ptr, n_ptr, a_ptr, s_ptr, partial_ptr, D, TARGET: 
     s = tl.load(s_ptr + b)
     acc = tl.zeros([BLOCK], dtype=a.dtype)
     for k in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):  # this chunk's length: no idle steps
-        local = c * CHUNK + k + tl.arange(0, BLOCK).to(tl.int64)
-        mask = local < D
-        r, x, n = _residual(p_ptr, x_ptr, n_ptr, b * D + local, mask, a, s, TARGET, USES_X, USES_N)
+        offs, mask = sample_block(b, c, k, D, CHUNK, BLOCK)
+        r, x, n = _residual(p_ptr, x_ptr, n_ptr, offs, mask, a, s, TARGET, USES_X, USES_N)
         acc += r * r
     tl.store(partial_ptr + b * tl.num_programs(1) + c, tl.sum(acc, axis=0).to(tl.float64))
 
@@ -83,9 +82,7 @@ def _sq_error_backward_kernel(
     srx = tl.zeros([BLOCK], dtype=a.dtype)
     srn = tl.zeros([BLOCK], dtype=a.dtype)
     for j in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):  # this chunk's length: no idle steps
-        local = c * CHUNK + j + tl.arange(0, BLOCK).to(tl.int64)
-        mask = local < D
-        offs = b * D + local
+        offs, mask = sample_block(b, c, j, D, CHUNK, BLOCK)
         r, x, n = _residual(p_ptr, x_ptr, n_ptr, offs, mask, a, s, TARGET, USES_X, USES_N)
         if WANT_GP:
             tl.store(gp_ptr + offs, (k * r).to(gp_ptr.dtype.element_ty), mask=mask)

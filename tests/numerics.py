@@ -604,7 +604,10 @@ def running_error(fn, inputs, *, dtype: torch.dtype | None = None, upstream: tor
         grads, grad_bounds = (), ()
         if wrt:
             up = (torch.ones_like(out) if upstream is None else upstream.detach().double())
-            grads = torch.autograd.grad(out, [args[i] for i in wrt], up, allow_unused=True)
+            if out.requires_grad:
+                grads = torch.autograd.grad(out, [args[i] for i in wrt], up, allow_unused=True)
+            else:  # the result does not depend on these inputs at all (sq_error's x0 for "eps")
+                grads = (None,) * len(wrt)
             grad_bounds = tuple(mode.error(g) if g is not None else None for g in grads)
     return Reference(out.detach(), out_bound.detach(), tuple(g.detach() if g is not None else None for g in grads),
                      grad_bounds)
@@ -617,6 +620,14 @@ def assert_within_bound(actual: torch.Tensor, truth: torch.Tensor, bound: torch.
     assert actual.shape == truth.shape, f"{msg}: shape {tuple(actual.shape)} != {tuple(truth.shape)}"
     got = actual.detach().double().cpu()
     want, bound = truth.double().cpu(), bound.double().cpu()
+    # A truth beyond the range of actual's dtype (a float16 gradient of 1e5) rounds to infinity
+    # there, or to the largest finite value; so does anything within the bound of it.
+    top = torch.finfo(actual.dtype).max
+    reach = want.abs() + k * bound + 2 * unit_roundoff(actual.dtype) * want.abs()
+    overflowed = want.isfinite() & (reach >= top) & (got.isinf() | (got.abs() == top)) & (got.sign() == want.sign())
+    must = want.isfinite() & (want.abs() - k * bound > top)
+    assert not (must & ~overflowed).any(), f"{msg}: a value beyond {actual.dtype}'s range did not overflow"
+    want = torch.where(overflowed, got, want)
     same_nonfinite = (got.isnan() == want.isnan()).all() and torch.equal(got.isinf() & (got > 0), want.isinf() & (want > 0)) \
         and torch.equal(got.isinf() & (got < 0), want.isinf() & (want < 0))
     assert same_nonfinite, f"{msg}: NaN/Inf pattern differs from the reference"

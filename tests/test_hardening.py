@@ -8,13 +8,13 @@ random: ``HYPOTHESIS_PROFILE=dev pytest tests/test_hardening.py``).
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import assert_matches_reference, coefficient, data_tensors, per_sample
+from helpers import run_in_threads
 
 import numerics
 import vdm_fast
@@ -71,26 +71,12 @@ def test_calls_from_many_threads():
     # The float64 truth and its running error bound (tests/numerics.py), computed here: the
     # dispatch mode that computes them is not for the worker threads.
     expected = [numerics.running_error(reference.q_sample, args) for args in inputs]
-    failures = []
-
     def worker(i):
-        try:
-            for _ in range(200):
-                got = vdm_fast.q_sample(*inputs[i])
-                try:
-                    numerics.assert_within_bound(got, expected[i].value, expected[i].bound, msg=f"thread {i}")
-                except AssertionError as exc:
-                    failures.append(str(exc))
-                    return
-        except Exception as exc:  # noqa: BLE001 - reported below
-            failures.append(repr(exc))
+        for _ in range(200):
+            got = vdm_fast.q_sample(*inputs[i])
+            numerics.assert_within_bound(got, expected[i].value, expected[i].bound, msg=f"thread {i}")
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(inputs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not failures, failures
+    run_in_threads(worker, len(inputs))
 
 
 @pytest.mark.slow
@@ -114,10 +100,10 @@ BIG = (2, 2**30 + 512)
 
 def _assert_tail_is_stream(flat: torch.Tensor, seed: int, scale: float = 1.0) -> None:
     """The last 64 elements and the 64 from index 2^31 are scale * the stream: the float32 normal
-    within its Box–Muller allowance (tests/test_noise.py, DESIGN.md §6), times scale (a float32
+    within its Box–Muller allowance (tests/test_randn_like.py, DESIGN.md §6), times scale (a float32
     product: one more rounding, 2^-24), rounded to bfloat16 at most twice (z: the noise, then z;
     2^-8 each, so 2^-7 relative)."""
-    from test_noise import F32_U, assert_normals_close, box_muller_allowance
+    from test_randn_like import F32_U, assert_normals_close, box_muller_allowance
 
     for first in (2**31, flat.numel() - 64):
         want = reference.philox_normals(seed, 0, 64, first=first)

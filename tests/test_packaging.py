@@ -186,3 +186,15 @@ def test_equation_map_names_real_functions_and_tests():
         if not found:
             missing.append(f"{path}::{name}")
     assert not missing, f"docs/EQUATIONS.md names what does not exist: {missing}"
+
+
+def test_the_triton_kernels_import_nothing_from_above():
+    """vdm_fast.kernels is the bottom layer (DESIGN.md §1): data flows down."""
+    upward = []
+    for root, _, files in os.walk(os.path.join(ROOT, "kernels")):
+        for f in files:
+            if f.endswith(".py"):
+                text = open(os.path.join(root, f), encoding="utf-8").read()
+                upward += [f"kernels/{f}: {line.strip()}" for line in text.splitlines()
+                           if re.match(r"\s*(from|import)\s+(vdm_fast|\.\.)", line)]
+    assert not upward, upward

@@ -512,16 +512,24 @@ class TinyLearnedGamma(torch.nn.Module):
 
 
 def test_learned_schedule_module():
-    learned, fixed = TinyLearnedGamma(), schedules.LinearGamma(-8.0, 5.0)
+    fixed = schedules.LinearGamma(-8.0, 5.0)
     model = toy_model("eps")
     z0 = torch.randn(4, 3)
+    times = samplers.uniform_times(5)
     gen = torch.Generator().manual_seed(0)
-    a = samplers.sample_ancestral(model, z0, learned, samplers.uniform_times(5), generator=gen, backend=BACKEND)
+    b = samplers.sample_ancestral(model, z0, fixed, times, generator=gen, backend=BACKEND)
+    # A float64 module: exact, both schedules evaluate gamma = -8 + 13 t with the same float64
+    # operations (the loops build in float64), and the runs are the same operations from there on.
+    learned = TinyLearnedGamma().double()
     gen = torch.Generator().manual_seed(0)
-    b = samplers.sample_ancestral(model, z0, fixed, samplers.uniform_times(5), generator=gen, backend=BACKEND)
-    # Exact: both schedules evaluate gamma = -8 + 13 t with the same float32 operations, and the
-    # runs are the same operations from there on.
+    a = samplers.sample_ancestral(model, z0, learned, times, generator=gen, backend=BACKEND)
     assert torch.equal(a, b)
+    assert learned.gamma_min.grad is None
+    # A float32 module (a float32 network cannot take float64 times) is evaluated in float32, then
+    # the table is built from its gammas in float64.
+    learned = TinyLearnedGamma()
+    assert torch.equal(samplers.gammas(learned, times), fixed.gamma(times, torch.float32).double())
+    samplers.sample_ancestral(model, z0, learned, times, generator=torch.Generator().manual_seed(0), backend=BACKEND)
     assert learned.gamma_min.grad is None
 
 
@@ -551,8 +559,8 @@ def recorded_steps():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_data(dtype):
     """Half data: coefficients in float32, model output cast to z's dtype. Checked step by step: the
-    half run's coefficients are exactly the fp32 run's (the same float32 builders on the same grid),
-    and every step equals the reference step on its own (half) inputs within the running error
+    half run's coefficients are exactly the fp32 run's (the same float64 builders on the same grid,
+    cast once), and every step equals the reference step on its own (half) inputs within the running error
     bound of float32 arithmetic plus the rounding of the result to half. (The whole-loop bound does
     not apply here: it follows absolute values through every step, and x̂ = (z - sigma m) / alpha,
     1/alpha up to 12, makes it exceed the result itself after six half-precision steps.)"""
@@ -575,6 +583,37 @@ def test_low_precision_data(dtype):
                 lambda z, m, c, n: reference.reverse_step(z, m, c, clip=kw.get("clip"), noise=n),
                 (z_k, m_k, coeffs, kw.get("noise")), dtype=torch.float32)
             numerics.assert_within_bound(out, truth.value, truth.bound, msg=f"{run.__name__} call {k}")
+
+
+def test_tables_built_in_float64_and_cast_once():
+    """The loops build gamma and the coefficient table in float64 and cast the finished table once
+    to the compute dtype of the data (DESIGN.md §5). Built from float32 gammas, as before, the
+    c = -expm1(gamma_s - gamma_t) of neighbouring levels carried their rounding divided by the gap
+    between them: the posterior variance at t = 960 of a 1000-step linear table was 4.7e-5 relative
+    off (about 390 float32 ulps). Now the float32 table is the float64 table rounded once, and its
+    posterior standard deviations are within one float32 rounding of DDPM's beta-tilde computed from
+    the betas in float64 (so the variances within two float32 ulps and a square of one)."""
+    sch = schedules.DiscreteSchedule.linear(1000)
+    times = samplers.discrete_times(1000, 1000)  # 999, ..., 0, -1: step i goes from t = 999 - i
+    with recorded_steps() as calls:
+        samplers.sample_ancestral(lambda z, t: torch.zeros_like(z), torch.zeros(1, 1), sch, times, backend=BACKEND)
+    table = torch.stack([coeffs for _, _, coeffs, _, _ in calls])  # (1000, 6, 1)
+    assert table.dtype == torch.float32
+    g = samplers.gammas(sch, times)
+    assert g.dtype == torch.float64
+    assert torch.equal(table, samplers.ancestral_coeffs(g[:-1, None], g[1:, None]).float())
+
+    def posterior_std(betas):  # DDPM's beta-tilde_t = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)
+        ab = torch.cumprod(1 - betas, 0)
+        ab_prev = torch.cat([torch.ones(1, dtype=betas.dtype), ab[:-1]])
+        return (betas * (1 - ab_prev) / (1 - ab)).sqrt().flip(0)
+
+    truth = numerics.running_error(posterior_std, (sch.betas,))
+    numerics.assert_within_bound(table[:, 5, 0], truth.value, truth.bound, msg="posterior std, float32 table")
+    i = 999 - 960
+    eps32 = torch.finfo(torch.float32).eps
+    rel = abs(table[i, 5, 0].double().item() ** 2 / truth.value[i].item() ** 2 - 1)
+    assert rel <= 2 * eps32 + eps32**2 + numerics.K * 2 * truth.bound[i].item() / truth.value[i].item(), rel
 
 
 def test_empty_batch():
@@ -801,50 +840,49 @@ def _z(seed=1):
     return torch.randn(N, 2, generator=gen), gen
 
 
-@pytest.mark.parametrize("param,variance", [("eps", "posterior"), ("v", "beta")])
-def test_gmm_ancestral_continuous(target, param, variance):
+def check_sampler(target, sampler, schedule, times, parameterization=None, *, noise=True, from_z0=False, **kw):
+    """``sampler`` run from z ~ N(0, I) (seed 1) with the mixture's exact model in
+    ``parameterization`` (the model's and sampler's default when None), its noise drawn from the
+    generator z came from when ``noise``, matches the target (check_matches; ``from_z0``: the
+    draws are z_0, rescaled by 1/alpha_0 first)."""
     gmm, x = target
     z, gen = _z()
-    out = samplers.sample_ancestral(gmm.model(CONT, param), z, CONT, samplers.uniform_times(100),
-                                    parameterization=param,
-                                    variance=variance, generator=gen, backend=BACKEND)
-    check_matches(_from_z0(out), gmm, x)
+    if parameterization is None:
+        model = gmm.model(schedule)
+    else:
+        model = gmm.model(schedule, parameterization)
+        kw["parameterization"] = parameterization
+    if noise:
+        kw["generator"] = gen
+    out = sampler(model, z, schedule, times, backend=BACKEND, **kw)
+    check_matches(_from_z0(out) if from_z0 else out, gmm, x)
+
+
+@pytest.mark.parametrize("param,variance", [("eps", "posterior"), ("v", "beta")])
+def test_gmm_ancestral_continuous(target, param, variance):
+    check_sampler(target, samplers.sample_ancestral, CONT, samplers.uniform_times(100), param, variance=variance,
+                  from_z0=True)
 
 
 def test_gmm_ancestral_discrete(target):
-    gmm, x = target
-    d = schedules.DiscreteSchedule.cosine()
-    z, gen = _z()
-    out = samplers.sample_ancestral(gmm.model(d, "x0"), z, d, samplers.discrete_times(1000, 100), parameterization="x0",
-                                    generator=gen, backend=BACKEND)
-    check_matches(out, gmm, x)
+    check_sampler(target, samplers.sample_ancestral, schedules.DiscreteSchedule.cosine(),
+                  samplers.discrete_times(1000, 100), "x0")
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_gmm_ddim(target, eta):
-    gmm, x = target
-    d = schedules.DiscreteSchedule.linear()
-    z, gen = _z()
-    out = samplers.sample_ddim(gmm.model(d), z, d, samplers.discrete_times(1000, 50), eta=eta, generator=gen,
-                               backend=BACKEND)
-    check_matches(out, gmm, x)
+    check_sampler(target, samplers.sample_ddim, schedules.DiscreteSchedule.linear(), samplers.discrete_times(1000, 50),
+                  eta=eta)
 
 
 def test_gmm_annealed_langevin(target):
-    gmm, x = target
     sch = schedules.LinearGamma(-8.0, 6.0)  # uniform in gamma: geometric sigmã from 20 to 0.018
-    z, gen = _z()
-    out = samplers.sample_annealed_langevin(gmm.model(sch, "score"), z, sch, samplers.uniform_times(30),
-                                            n_steps_each=20, denoise=True, generator=gen, backend=BACKEND)
-    check_matches(out, gmm, x)
+    check_sampler(target, samplers.sample_annealed_langevin, sch, samplers.uniform_times(30), "score",
+                  n_steps_each=20, denoise=True)
 
 
 def test_gmm_pc_batch_norms(target):
-    gmm, x = target
-    z, gen = _z()
-    out = samplers.sample_pc(gmm.model(CONT), z, CONT, samplers.uniform_times(100), norm="batch", generator=gen,
-                             backend=BACKEND)
-    check_matches(_from_z0(out), gmm, x)
+    check_sampler(target, samplers.sample_pc, CONT, samplers.uniform_times(100), norm="batch", from_z0=True)
 
 
 def test_gmm_pc_per_sample_norms(target):
@@ -864,20 +902,13 @@ def test_gmm_pc_per_sample_norms(target):
 
 @pytest.mark.parametrize("method,steps", [("euler", 100), ("heun", 25)])
 def test_gmm_ode(target, method, steps):
-    gmm, x = target
-    z, _ = _z()
-    out = samplers.sample_ode(gmm.model(CONT, "score"), z, CONT, samplers.uniform_times(steps), method=method,
-                              parameterization="score", backend=BACKEND)
-    check_matches(_from_z0(out), gmm, x)
+    check_sampler(target, samplers.sample_ode, CONT, samplers.uniform_times(steps), "score", noise=False,
+                  method=method, from_z0=True)
 
 
 def test_gmm_ode_heun_discrete(target):
-    gmm, x = target
-    d = schedules.DiscreteSchedule.linear()
-    z, _ = _z()
-    out = samplers.sample_ode(gmm.model(d, "v"), z, d, samplers.discrete_times(1000, 25), parameterization="v",
-                              backend=BACKEND)
-    check_matches(out, gmm, x)
+    check_sampler(target, samplers.sample_ode, schedules.DiscreteSchedule.linear(), samplers.discrete_times(1000, 25),
+                  "v", noise=False)
 
 
 # --- no host-device synchronisation ----------------------------------------------------------------------------
@@ -959,3 +990,13 @@ def test_no_cuda_sync_inside_loop(name):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("eta, error", [(1.5, ValueError), (-0.1, ValueError), (torch.tensor([0.5, 1.2]), RuntimeError)],
+                         ids=["above_one", "negative", "one_sample_above"])
+def test_ddim_eta_outside_unit_interval_raises(eta, error):
+    """Beyond 1 the step's variance would exceed the level's (the coefficient table holds NaN, as
+    diffusers' does): the sampler refuses it rather than return NaN or a clamped other step."""
+    with pytest.raises(error, match="eta"):  # a tensor eta is checked on its device (no host sync)
+        samplers.sample_ddim(toy_model("eps"), torch.randn(2, 3), schedules.LinearGamma(), samplers.uniform_times(3),
+                             eta=eta, backend=BACKEND)

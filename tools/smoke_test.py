@@ -9,7 +9,7 @@ the wheel, not editable; DESIGN.md §9).
 Run it from outside the repository, so that ``import vdm_fast`` finds the installed copy. It checks
 that every module of the source tree was installed (vdm_fast/ and kernels/ as vdm_fast.kernels),
 that the package imports, that each op listed in ``vdm_fast.env.OPS`` runs once and equals the
-reference, and that ``vdm-fast env`` runs. With ``--sdist`` (``--wheel``) it checks instead that the
+reference on its own sample inputs (vdm_fast/ops/_spec.py), and that ``vdm-fast env`` runs. With ``--sdist`` (``--wheel``) it checks instead that the
 sdist carries every source file the build reads (that the wheel carries every module).
 """
 
@@ -71,50 +71,12 @@ def check_installed_tree(tree: str) -> None:
     print(f"installed tree: all {len(wanted)} files of vdm_fast/ and kernels/ present under {installed}")
 
 
-def op_cases():
-    """One small call per public op, and its reference twin."""
-    import torch
-
-    import vdm_fast
-    from vdm_fast import reference
-
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randint(0, 256, (3, 2, 5, 7), generator=g).float() * (2 / 255) - 1
-    noise = torch.randn(x0.shape, generator=g)
-    pred = torch.randn(x0.shape, generator=g)
-    alpha = torch.tensor([0.9, 0.5, 0.1])
-    sigma = (1 - alpha**2).sqrt()
-    log_scale = torch.full(x0.shape, -3.0)
-    coeffs = torch.rand(6, 3, generator=g)
-    return {
-        "q_sample": (lambda b: vdm_fast.q_sample(x0, alpha, sigma, noise, backend=b),
-                     lambda: reference.q_sample(x0, alpha, sigma, noise)),
-        "sq_error": (lambda b: vdm_fast.sq_error(pred, x0, noise, alpha, sigma, "v", backend=b),
-                     lambda: reference.sq_error(pred, x0, noise, alpha, sigma, "v")),
-        "prior_kl": (lambda b: vdm_fast.prior_kl(x0, alpha, sigma, backend=b),
-                     lambda: reference.prior_kl(x0, alpha, sigma)),
-        "recon_nll": (lambda b: vdm_fast.recon_nll(x0, alpha[:, None, None, None] * x0 + 0.01 * noise, alpha,
-                                                   torch.full((3,), 0.01), backend=b),
-                      lambda: reference.recon_nll(x0, alpha[:, None, None, None] * x0 + 0.01 * noise, alpha,
-                                                  torch.full((3,), 0.01))),
-        "discretized_gaussian_nll": (lambda b: vdm_fast.discretized_gaussian_nll(x0, pred * 0.01 + x0, log_scale,
-                                                                                 backend=b),
-                                     lambda: reference.discretized_gaussian_nll(x0, pred * 0.01 + x0, log_scale)),
-        "reverse_step": (lambda b: vdm_fast.reverse_step(x0, pred, coeffs, clip=1.0, noise=noise, backend=b),
-                         lambda: reference.reverse_step(x0, pred, coeffs, clip=1.0, noise=noise)),
-        "randn_like": (lambda b: vdm_fast.randn_like(x0, torch.Generator().manual_seed(7), backend=b),
-                       lambda: vdm_fast.randn_like(x0, torch.Generator().manual_seed(7), backend="reference")),
-        "q_sample_randn": (lambda b: vdm_fast.q_sample_randn(x0, alpha, sigma, torch.Generator().manual_seed(7),
-                                                             backend=b)[0],
-                           lambda: vdm_fast.q_sample_randn(x0, alpha, sigma, torch.Generator().manual_seed(7),
-                                                           backend="reference")[0]),
-    }
-
-
 def check_ops(native: bool) -> None:
     import torch
 
+    import vdm_fast
     from vdm_fast import _library, backends, env
+    from vdm_fast.ops import SPECS
 
     if native:
         if _library.native_load_error is not None:
@@ -124,13 +86,13 @@ def check_ops(native: bool) -> None:
         if _library.native_load_error is None:
             raise SystemExit("a wheel built with VDM_FAST_NO_NATIVE=1 carries a native library")
         backend = "reference"
-    cases = op_cases()
-    missing = [op for op in env.OPS if op not in cases]
-    if missing:
-        raise SystemExit(f"tools/smoke_test.py has no case for {missing}: add one")
     for op in env.OPS:
-        ours, ref = cases[op]
-        got, want = ours(backend), ref()
+        spec = SPECS[op]
+        # The op's own sample inputs, drawn twice from one seed: the same data, and generators in
+        # the same state for the ops that draw noise.
+        args = spec.sample_inputs((3, 2, 5, 7), torch.float32, "cpu", torch.Generator().manual_seed(0))
+        again = spec.sample_inputs((3, 2, 5, 7), torch.float32, "cpu", torch.Generator().manual_seed(0))
+        got, want = getattr(vdm_fast, op)(*args, backend=backend), spec.reference(*spec.prepare(*again))
         # Loose on purpose: this checks that each op runs and computes its formula in the installed
         # package; the test suite checks equality to the bound the quantity's conditioning gives.
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m, op=op: f"{op}: {m}")
@@ -139,7 +101,7 @@ def check_ops(native: bool) -> None:
         backends.clear_cache()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cases["q_sample"][0](None)
+            vdm_fast.q_sample(torch.zeros(2, 3), 0.8, 0.6, torch.ones(2, 3))
         if not any("using the pure-PyTorch reference" in str(w.message) for w in caught):
             raise SystemExit("the automatic backend choice without native kernels did not warn")
         print("  automatic backend choice without native kernels: reference, with one warning")

@@ -32,8 +32,9 @@ import torch
 
 from . import elbo as elbo_mod
 from ._checks import compute_dtype
-from .elbo import LN2, PARAMETERIZATIONS, BitsPerDim
+from .elbo import LN2, BitsPerDim
 from .ops import discretized_gaussian_nll, prior_kl, q_sample, sq_error
+from .parameterization import check, convert
 from .schedules import DiscreteSchedule
 from ._namespace import public_dir
 
@@ -99,17 +100,6 @@ class _Tables:
         self.kl_weight = 0.5 * self.coef1**2 * torch.exp(-self.model_logvar)
 
 
-def _pred_xstart(m, z, alpha, sigma, parameterization):
-    """x̂_0 from a model output (DESIGN.md §2); alpha, sigma broadcastable per sample."""
-    if parameterization == "eps":
-        return (z - sigma * m) / alpha
-    if parameterization == "x0":
-        return m
-    if parameterization == "v":
-        return alpha * z - sigma * m
-    return (z + sigma**2 * m) / alpha
-
-
 @torch.no_grad()
 def calc_bpd_loop(model, x0: torch.Tensor, schedule: DiscreteSchedule, *, parameterization: str = "eps",
                   variance: str = "fixed_small", clip_denoised: bool = True, cdf: str = "tanh",
@@ -133,8 +123,7 @@ def calc_bpd_loop(model, x0: torch.Tensor, schedule: DiscreteSchedule, *, parame
     """
     if not isinstance(schedule, DiscreteSchedule):
         raise TypeError(f"schedule must be a DiscreteSchedule, got {type(schedule).__name__}")
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+    check(parameterization)
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.dim() == 0:
@@ -152,7 +141,7 @@ def calc_bpd_loop(model, x0: torch.Tensor, schedule: DiscreteSchedule, *, parame
         z = q_sample(x0, alpha, sigma, noise, backend=backend)
         m = elbo_mod._model_out(model, z, t_batch, x0).to(cdt)
         a, s = alpha.reshape(view), sigma.reshape(view)
-        x_hat = _pred_xstart(m, z.to(cdt), a, s, parameterization)
+        x_hat = convert(m, z.to(cdt), a, s, parameterization, "x0")
         if clip_denoised:
             x_hat = x_hat.clamp(-1, 1)
         x_hat = x_hat.to(x0.dtype)
@@ -164,7 +153,7 @@ def calc_bpd_loop(model, x0: torch.Tensor, schedule: DiscreteSchedule, *, parame
         else:
             vb[:, t] = (D * tab.kl_const[t].item() + tab.kl_weight[t].item() * err_x) / (D * LN2)
         xstart_mse[:, t] = err_x / D
-        eps_hat = ((z.to(cdt) - a * x_hat.to(cdt)) / s).to(x0.dtype)  # their _predict_eps_from_xstart
+        eps_hat = convert(x_hat.to(cdt), z.to(cdt), a, s, "x0", "eps").to(x0.dtype)  # their _predict_eps_from_xstart
         mse[:, t] = sq_error(eps_hat, x0, noise, alpha, sigma, "eps", backend=backend) / D
     a1, s1 = schedule.alpha_sigma(torch.full((B,), T - 1, dtype=torch.long, device=dev), cdt)
     prior_bpd = prior_kl(x0, a1, s1, backend=backend) / (D * LN2)

@@ -12,8 +12,8 @@ sigma, so a learned schedule (``LearnedLinearGamma``, ``MonotoneGamma``) trains 
 - L_diff, T steps (t = i/T, s = (i-1)/T, i ~ U{1..T}): (T/2) expm1(gamma_t - gamma_s) ||eps - eps_hat||^2.
 
 Models may output any parameterization of DESIGN.md §2. The squared error is taken against that
-parameterization's own target (``sq_error``) and multiplied by a weight that converts it, so
-||eps - eps_hat||^2 = SNR ||x - x_hat||^2 = alpha^2 ||v - v_hat||^2 = sigma^2 ||s - s_hat||^2. The
+parameterization's own target (``sq_error``) and multiplied by a weight that converts it
+(``vdm_fast.parameterization.sq_error_scale``, DESIGN.md §2's identity of squared errors). The
 weights are written so that they stay finite at zero terminal SNR (gamma_1 = +inf) wherever the
 bound itself is: the T-step x0 and v weights are built from exp(-gamma_s) (1 - exp(-(gamma_t -
 gamma_s))), never from a difference of infinities.
@@ -29,10 +29,9 @@ import torch.nn as nn
 
 from ._checks import compute_dtype
 from .ops import prior_kl, q_sample, recon_nll, sq_error
+from .parameterization import PARAMETERIZATIONS, alpha_sigma, check, one_minus_snr_ratio, snr, sq_error_scale
 from .schedules import DiscreteSchedule
 from ._namespace import public_dir
-
-PARAMETERIZATIONS = ("eps", "x0", "v", "score")
 WEIGHTINGS = ("elbo", "simple", "min_snr")
 LN2 = math.log(2.0)
 
@@ -112,58 +111,46 @@ def diffusion_weight(schedule, t: torch.Tensor, parameterization: str = "eps", T
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """w(t) such that L_diff = w(t) * ||m - target||^2 for a model output m of ``parameterization``.
 
-    Continuous (T None): 1/2 gamma'(t) times eps-space conversion (1, SNR, alpha^2, sigma^2 for
-    eps, x0, v, score). T steps, s = t - 1/T: (T/2) expm1(gamma_t - gamma_s) for eps; the x0 and
-    v forms use (T/2) (SNR_s - SNR_t) [* sigma_t^2], finite at SNR_t = 0. The T-step difference
-    gamma_t - gamma_s is computed in float64 (it is small for large T).
+    Continuous (T None): 1/2 gamma'(t) in eps space, converted to the parameterization's own
+    squared error (``parameterization.sq_error_scale``: 1, SNR, alpha^2, sigma^2 for eps, x0, v,
+    score). T steps, s = t - 1/T: (T/2) expm1(gamma_t - gamma_s) in eps space for eps and score;
+    (T/2) (SNR_s - SNR_t) in x0 space for x0 and v, converted from there (v: times sigma_t^2), so
+    that both are finite at SNR_t = 0. The T-step difference gamma_t - gamma_s is computed in
+    float64 (it is small for large T).
     """
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+    check(parameterization)
     if T is None:
         if not hasattr(schedule, "gamma_prime"):
             raise TypeError(f"schedule: the continuous-time ELBO needs gamma_prime(t); "
                             f"{type(schedule).__name__} has none "
                             "(pass T for the T-step bound)")
         g = schedule.gamma(t, dtype)
-        half_gp = 0.5 * schedule.gamma_prime(t, dtype)
-        if parameterization == "eps":
-            return half_gp
-        if parameterization == "x0":
-            return half_gp * torch.exp(-g)
-        if parameterization == "v":
-            return half_gp * torch.sigmoid(-g)
-        return half_gp * torch.sigmoid(g)
+        return 0.5 * schedule.gamma_prime(t, dtype) * sq_error_scale(parameterization, g, "eps")
     f64 = torch.float64
     g_t = schedule.gamma(t, f64)
     # s = t - 1/T, clamped so that float32 rounding of t = 1/T cannot step below t = 0.
     g_s = schedule.gamma(torch.clamp(t.to(f64) - 1.0 / T, min=0.0), f64)
-    d = g_t - g_s
     if parameterization in ("eps", "score"):
-        w = 0.5 * T * torch.expm1(d)
-        if parameterization == "score":
-            w = w * torch.sigmoid(g_t)
+        w, space = 0.5 * T * -one_minus_snr_ratio(g_s, g_t), "eps"  # (T/2)(SNR_s/SNR_t - 1)
     else:
-        w = 0.5 * T * torch.exp(-g_s) * -torch.expm1(-d)  # (T/2)(SNR_s - SNR_t)
-        if parameterization == "v":
-            w = w * torch.sigmoid(g_t)
-    return w.to(dtype)
+        w, space = 0.5 * T * snr(g_s) * one_minus_snr_ratio(g_t, g_s), "x0"  # (T/2)(SNR_s - SNR_t)
+    return (w * sq_error_scale(parameterization, g_t, space)).to(dtype)
 
 
 def min_snr_weight(gamma: torch.Tensor, parameterization: str = "eps", snr_gamma: float = 5.0) -> torch.Tensor:
     """Min-SNR-gamma (Hang et al. 2023) as a weight on the squared error of ``parameterization``.
 
-    The x0-space weight min(SNR, snr_gamma) converted: eps: min(1, snr_gamma / SNR); v:
-    min(SNR, snr_gamma) / (SNR + 1); score: min(1, snr_gamma / SNR) sigma^2. Written with
-    exp(gamma) = 1/SNR and sigmoid(gamma) = 1/(SNR + 1), so all are finite at SNR = 0.
+    The x0-space weight min(SNR, snr_gamma) converted (``parameterization.sq_error_scale``): eps:
+    min(1, snr_gamma / SNR); v: min(SNR, snr_gamma) / (SNR + 1); score: min(1, snr_gamma / SNR)
+    sigma^2. Converted from eps space (min(1, snr_gamma / SNR)) for eps and score and from x0 space
+    for x0 and v, so that all are finite at SNR = 0.
     """
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
-    if parameterization == "x0":
-        return torch.clamp(torch.exp(-gamma), max=snr_gamma)
-    if parameterization == "v":
-        return torch.clamp(torch.exp(-gamma), max=snr_gamma) * torch.sigmoid(gamma)
-    w = torch.clamp(snr_gamma * torch.exp(gamma), max=1.0)
-    return w if parameterization == "eps" else w * torch.sigmoid(gamma)
+    check(parameterization)
+    if parameterization in ("eps", "score"):
+        w, space = torch.clamp(snr_gamma / snr(gamma), max=1.0), "eps"
+    else:
+        w, space = torch.clamp(snr(gamma), max=snr_gamma), "x0"
+    return w * sq_error_scale(parameterization, gamma, space)
 
 
 # --- the bound ------------------------------------------------------------------------------------
@@ -177,8 +164,7 @@ def _check_common(x0, schedule, T, parameterization, t, noise, recon_noise):
                         "table use vdm_fast.bpd.calc_bpd_loop")
     if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1):
         raise ValueError(f"T must be None (continuous time) or an int >= 1, got {T!r}")
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+    check(parameterization)
     if t is not None and (not isinstance(t, torch.Tensor) or t.shape != x0.shape[:1]):
         raise ValueError(f"t must be a tensor of shape ({x0.shape[0]},), got "
                          f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
@@ -283,8 +269,7 @@ class VDMLoss(nn.Module):
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+        check(parameterization)
         if weighting == "elbo" and isinstance(schedule, DiscreteSchedule):
             raise TypeError("schedule: weighting='elbo' needs a continuous-time schedule; for a DiscreteSchedule "
                             "use weighting='simple' or 'min_snr' (bits/dim: vdm_fast.bpd.calc_bpd_loop)")
@@ -322,7 +307,7 @@ class VDMLoss(nn.Module):
                 t = u if self.T is None else _grid_times(u, self.T)
         noise = _randn_like(x0, generator) if noise is None else noise
         g = self.schedule.gamma(t, cdt)
-        alpha, sigma = torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
+        alpha, sigma = alpha_sigma(g)
         z_t = q_sample(x0, alpha, sigma, noise, backend=self.backend)
         m = _model_out(model, z_t, t, x0)
         err = sq_error(m, x0, noise, alpha, sigma, self.parameterization, backend=self.backend)

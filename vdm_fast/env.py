@@ -10,8 +10,9 @@ import sys
 import torch
 
 from . import _library, backends
+from .ops import SPECS
 
-OPS = ("q_sample", "sq_error", "prior_kl", "recon_nll", "discretized_gaussian_nll", "reverse_step", "randn_like", "q_sample_randn")
+OPS = tuple(SPECS)  # every op, in registration order (vdm_fast/ops/__init__.py)
 
 
 def _version(pkg: str) -> str:

@@ -12,7 +12,7 @@ Both kinds are folded into the one fused ``reverse_step`` call of a sampler step
   k per sample. :func:`classifier` wraps a user classifier; its gradient is taken with autograd and
   passed to ``reverse_step`` as ``classifier_grad`` with ``grad_scale`` from
   :func:`classifier_grad_scale`, which converts k into the model's parameterization (a score shift
-  is a different shift of eps, x0 or v; DESIGN.md §2):
+  is a different shift of eps, x0 or v; DESIGN.md §2; ``parameterization.score_shift_scale``):
 
   ========== ====================================== =====================================
   model      guided output                          grad_scale
@@ -33,7 +33,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
 from ._namespace import public_dir
+from .parameterization import score_shift_scale
 
 
 class ClassifierFree:
@@ -136,16 +138,9 @@ def classifier(fn: Callable, labels=None, output: str = "logits") -> Classifier:
 
 def classifier_grad_scale(parameterization: str, alpha: torch.Tensor, sigma: torch.Tensor, scale) -> torch.Tensor:
     """The per-sample ``grad_scale`` for reverse_step that adds ``scale`` * ∇ log p(y|z) to the
-    score, for a model of the given parameterization (see the module docstring's table)."""
-    if parameterization == "score":
-        return scale * torch.ones_like(alpha)
-    if parameterization == "eps":
-        return -scale * sigma
-    if parameterization == "x0":
-        return scale * sigma * sigma / alpha
-    if parameterization == "v":
-        return -scale * sigma / alpha
-    raise ValueError(f"parameterization must be one of ('eps', 'x0', 'v', 'score'), got {parameterization!r}")
+    score, for a model of the given parameterization (see the module docstring's table):
+    ``scale`` times the output shift of a unit score shift, ``parameterization.score_shift_scale``."""
+    return scale * score_shift_scale(parameterization, alpha, sigma)
 
 
 def guided_output(m, uncond=None, guidance_scale=None, classifier_grad=None, grad_scale=None) -> torch.Tensor:

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from . import parameterization
 from ._checks import compute_dtype
 from ._namespace import public_dir
 
@@ -34,7 +35,7 @@ def q_sample(x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, noise: 
 # Per-sample results are returned in the compute dtype (float32, or float64 for float64 data):
 # a sum over D elements is never rounded to a half dtype.
 
-TARGETS = ("eps", "x0", "v", "score")
+TARGETS = parameterization.PARAMETERIZATIONS
 DECODERS = ("categorical",)
 CDFS = ("erf", "tanh")
 
@@ -45,19 +46,11 @@ def _sum_per_sample(t: torch.Tensor) -> torch.Tensor:
 
 
 def regression_target(x0, noise, alpha, sigma, target: str) -> torch.Tensor:
-    """What a model of parameterization ``target`` should output (DESIGN.md §2), compute dtype."""
+    """What a model of parameterization ``target`` should output (DESIGN.md §2,
+    ``vdm_fast.parameterization.regression_target``), in the compute dtype."""
     cdt = compute_dtype(x0.dtype)
-    x, n = x0.to(cdt), noise.to(cdt)
     a, s = _per_sample_view(alpha.to(cdt), x0), _per_sample_view(sigma.to(cdt), x0)
-    if target == "eps":
-        return n
-    if target == "x0":
-        return x
-    if target == "v":
-        return a * n - s * x
-    if target == "score":
-        return -n / s
-    raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    return parameterization.regression_target(target, x0.to(cdt), noise.to(cdt), a, s)
 
 
 def sq_error(pred, x0, noise, alpha, sigma, target: str = "eps") -> torch.Tensor:
@@ -135,6 +128,19 @@ def discretized_gaussian_nll(x0, mean, log_scale, cdf: str = "erf") -> torch.Ten
         log_delta = log_hi + torch.log1p(-torch.exp(log_lo - log_hi))
     log_probs = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
     return -_sum_per_sample(log_probs)
+
+
+def gaussian_kl(mean_q, log_var_q, mean_p, log_var_p) -> torch.Tensor:
+    """KL(N(mean_q, exp(log_var_q)) || N(mean_p, exp(log_var_p))) of diagonal Gaussians, nats per sample.
+
+    Per element 1/2 (-1 + log_var_p - log_var_q + exp(log_var_q - log_var_p)
+    + (mean_q - mean_p)^2 exp(-log_var_p)): improved-diffusion's ``normal_kl``, the L_{t-1} terms of
+    the variational bound (DDPM eq. 5) with learned variances. The variance ratio is one exp of the
+    log-variance difference, so equal large log-variances do not overflow.
+    """
+    cdt = compute_dtype(mean_q.dtype)
+    mq, lq, mp, lp = mean_q.to(cdt), log_var_q.to(cdt), mean_p.to(cdt), log_var_p.to(cdt)
+    return 0.5 * _sum_per_sample(-1.0 + lp - lq + torch.exp(lq - lp) + (mq - mp) ** 2 * torch.exp(-lp))
 
 
 # --- the reverse step (DESIGN.md §4.6) --------------------------------------------------------------
@@ -238,7 +244,7 @@ def randn_like(x: torch.Tensor, seed: torch.Tensor, offset: int) -> torch.Tensor
     """Standard normal noise shaped like ``x`` (its dtype, drawn in float32): element i of the
     output's memory (layout rule: x's strides when x is batch-major dense, else contiguous) is
     element i of stream (seed, offset)."""
-    from ._layout import empty_out_like
+    from .kernels._layout import empty_out_like
 
     out = empty_out_like(x)
     flat = philox_normals(_seed_int(seed), offset, x.numel(), x.device).to(x.dtype)
@@ -253,5 +259,5 @@ def q_sample_randn(x0, alpha, sigma, seed, offset) -> tuple[torch.Tensor, torch.
 
 __all__ = ["TARGETS", "DECODERS", "CDFS", "STEP_COEFFS", "PHILOX_MUL", "PHILOX_WEYL", "q_sample",
     "regression_target", "sq_error", "prior_kl", "bin_index", "recon_nll", "discretized_gaussian_nll",
-    "reverse_step", "philox4x32_10", "philox_words", "philox_normals", "randn_like", "q_sample_randn"]
+    "gaussian_kl", "reverse_step", "philox4x32_10", "philox_words", "philox_normals", "randn_like", "q_sample_randn"]
 __dir__ = public_dir(__all__)

@@ -24,6 +24,8 @@ import math
 
 import torch
 import torch.nn as nn
+
+from . import parameterization
 from ._namespace import public_dir
 
 _COEFF_DTYPES = (torch.float32, torch.float64)
@@ -45,17 +47,16 @@ class Schedule:
         return -self.gamma(t, dtype)
 
     def snr(self, t, dtype=torch.float32) -> torch.Tensor:
-        return torch.exp(-self.gamma(t, dtype))
+        return parameterization.snr(self.gamma(t, dtype))
 
     def alpha(self, t, dtype=torch.float32) -> torch.Tensor:
-        return torch.sigmoid(-self.gamma(t, dtype)).sqrt()
+        return self.alpha_sigma(t, dtype)[0]
 
     def sigma(self, t, dtype=torch.float32) -> torch.Tensor:
-        return torch.sigmoid(self.gamma(t, dtype)).sqrt()
+        return self.alpha_sigma(t, dtype)[1]
 
     def alpha_sigma(self, t, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        g = self.gamma(t, dtype)
-        return torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
+        return parameterization.alpha_sigma(self.gamma(t, dtype))
 
 
 def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -94,10 +95,9 @@ class DiscreteSchedule(Schedule):
             raise ValueError("betas must lie in (0, 1]")
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        # gamma = -log SNR = log((1 - abar) / abar), with 1 - abar taken as -expm1(log abar) so
-        # that the first timesteps (abar within 1e-4 of 1) keep full relative precision.
-        log_abar = torch.cumsum(torch.log1p(-betas), dim=0)
-        self.gammas = torch.log(-torch.expm1(log_abar)) - log_abar
+        # From log(abar), so that the first timesteps (abar within 1e-4 of 1) keep full relative
+        # precision in 1 - abar.
+        self.gammas = parameterization.gamma_from_log_alpha_bar(torch.cumsum(torch.log1p(-betas), dim=0))
         self._by_device: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     @classmethod

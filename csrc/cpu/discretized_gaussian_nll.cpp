@@ -1,4 +1,4 @@
-// discretized_gaussian_nll on the CPU: per-sample sums of -log P(x0's bin), and the fused
+// discretized_gaussian_nll: its schema and autograd (csrc/autograd.h), and on the CPU per-sample sums of -log P(x0's bin), and the fused
 // backward (elementwise grads to mean and log_scale). Math: csrc/discretized_gaussian_math.h,
 // with ATen's own log_ndtr so results equal torch.special.log_ndtr's.
 #include <ATen/ATen.h>
@@ -6,10 +6,22 @@
 #include <ATen/native/Math.h>
 #include <torch/library.h>
 
+#include "autograd.h"
 #include "common.h"
 #include "cpu/per_sample.h"
 #include "discretized_gaussian_math.h"
 #include "discretized_gaussian_nll.h"
+
+// The schema (DESIGN.md §4.5). The backward follows csrc/autograd.h: the forward's arguments in
+// order; x0 is data and gets no gradient.
+TORCH_LIBRARY_FRAGMENT(vdm_fast, m) {
+  m.def("discretized_gaussian_nll(Tensor x0, Tensor mean, Tensor log_scale, str cdf=\"erf\") -> Tensor");
+  // One pass over x0, mean, log_scale: grad_mean and grad_log_scale elementwise, scaled by the
+  // (B,) upstream grad.
+  m.def(
+      "discretized_gaussian_nll_backward(Tensor grad, Tensor x0, Tensor mean, Tensor log_scale, str cdf,"
+      " bool[2] output_mask) -> (Tensor, Tensor)");
+}
 
 namespace vdm_fast {
 namespace cpu {
@@ -114,3 +126,14 @@ TORCH_LIBRARY_IMPL(vdm_fast, CPU, m) {
   m.impl("discretized_gaussian_nll", &vdm_fast::cpu::dgauss_cpu);
   m.impl("discretized_gaussian_nll_backward", &vdm_fast::cpu::dgauss_backward_cpu);
 }
+
+namespace vdm_fast {
+struct DiscretizedGaussianNllOp {
+  static constexpr const char* kName = "vdm_fast::discretized_gaussian_nll";
+  static constexpr const char* kBackward = "vdm_fast::discretized_gaussian_nll_backward";
+  static constexpr std::array<bool, 4> kDifferentiable = {false, true, true, false};
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view);
+};
+}  // namespace vdm_fast
+
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { m.impl("discretized_gaussian_nll", &vdm_fast::FusedAutograd<vdm_fast::DiscretizedGaussianNllOp>::kernel); }

@@ -1,5 +1,5 @@
 // CPU loop helpers shared by every op: data is B samples of D contiguous elements (see
-// csrc/common.h); per-sample scalars are indexed by b.
+// csrc/common.h); per-sample scalars are indexed by b, in the compute type acc_t (common.h).
 //
 // Instruction sets: the inner loops are plain loops over raw pointers that GCC auto-vectorises;
 // callers run each one through with_cpu_isa (csrc/cpu/isa.h), which compiles it for baseline
@@ -8,14 +8,13 @@
 #pragma once
 
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <array>
 #include <vector>
 
+#include "common.h"
 #include "cpu/isa.h"
 
 namespace vdm_fast {
@@ -68,18 +67,6 @@ std::vector<double> reduce_per_sample(int64_t B, int64_t D, const F& fn) {
       for (int k = 0; k < K; ++k) out[b * K + k] += partial[(b * chunks + c) * K + k];
   return out;
 }
-
-// float for reduced-precision and float32 data, double for float64 data.
-template <typename scalar_t>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
-template <typename scalar_t>
-using acc_t = typename Acc<scalar_t>::type;
 
 }  // namespace cpu
 }  // namespace vdm_fast

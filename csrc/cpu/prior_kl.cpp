@@ -1,4 +1,4 @@
-// prior_kl on the CPU: L_prior[b] = a^2/2 * sum_i x_i^2 + D/2 (s^2 - 1 - log s^2), and its fused
+// prior_kl: its schema and autograd (csrc/autograd.h), and on the CPU L_prior[b] = a^2/2 * sum_i x_i^2 + D/2 (s^2 - 1 - log s^2), and its fused
 // backward. The data pass is the per-sample sum of squares; the rest is per-sample arithmetic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -6,9 +6,23 @@
 
 #include <cmath>
 
+#include "autograd.h"
 #include "common.h"
 #include "cpu/per_sample.h"
 #include "prior_kl.h"
+
+// The schema (DESIGN.md §4.4). The backward follows csrc/autograd.h: the forward's arguments in order.
+// L_prior[b] = 1/2 sum_i (a^2 x_i^2 + s^2 - 1 - log s^2) = a^2/2 * sum_i x_i^2 + D/2 (s^2 - 1 - log s^2):
+// the only pass over the data is the per-sample sum of squares.
+TORCH_LIBRARY_FRAGMENT(vdm_fast, m) {
+  // (B,) in the compute dtype (float32; float64 for float64 data), nats.
+  m.def("prior_kl(Tensor x0, Tensor alpha_1, Tensor sigma_1) -> Tensor");
+  // For an upstream grad of shape (B,): grad_x0 = grad*a^2*x0 (data dtype and layout),
+  // grad_alpha_1 = grad*a*sum(x0^2) (reads x0 only when wanted), grad_sigma_1 = grad*D*(s - 1/s).
+  m.def(
+      "prior_kl_backward(Tensor grad, Tensor x0, Tensor alpha_1, Tensor sigma_1, bool[3] output_mask)"
+      " -> (Tensor, Tensor, Tensor)");
+}
 
 namespace vdm_fast {
 namespace cpu {
@@ -108,3 +122,14 @@ TORCH_LIBRARY_IMPL(vdm_fast, CPU, m) {
   m.impl("prior_kl", &vdm_fast::cpu::prior_kl_cpu);
   m.impl("prior_kl_backward", &vdm_fast::cpu::prior_kl_backward_cpu);
 }
+
+namespace vdm_fast {
+struct PriorKlOp {
+  static constexpr const char* kName = "vdm_fast::prior_kl";
+  static constexpr const char* kBackward = "vdm_fast::prior_kl_backward";
+  static constexpr std::array<bool, 3> kDifferentiable = {true, true, true};
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&);
+};
+}  // namespace vdm_fast
+
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { m.impl("prior_kl", &vdm_fast::FusedAutograd<vdm_fast::PriorKlOp>::kernel); }

@@ -1,11 +1,23 @@
-// q_sample on the CPU: z = alpha[b] * x0 + sigma[b] * noise, one pass, and its fused backward.
+// q_sample: its schema and autograd (csrc/autograd.h), and on the CPU z = alpha[b] * x0 +
+// sigma[b] * noise in one pass, and its fused backward.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include "autograd.h"
 #include "common.h"
 #include "cpu/per_sample.h"
 #include "q_sample.h"
+
+// The schema (DESIGN.md §4.1). The backward follows csrc/autograd.h: the forward's arguments in order.
+TORCH_LIBRARY_FRAGMENT(vdm_fast, m) {
+  m.def("q_sample(Tensor x0, Tensor alpha, Tensor sigma, Tensor noise) -> Tensor");
+  // One pass over grad, x0 and noise: grad_x0 = alpha*grad, grad_alpha[b] = sum(grad*x0),
+  // grad_sigma[b] = sum(grad*noise), grad_noise = sigma*grad.
+  m.def(
+      "q_sample_backward(Tensor grad, Tensor x0, Tensor alpha, Tensor sigma, Tensor noise, bool[4] output_mask)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
+}
 
 namespace vdm_fast {
 namespace cpu {
@@ -50,66 +62,47 @@ constexpr int64_t kSumBlock = 1024;
 at::Tensor q_sample_cpu(const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma,
                         const at::Tensor& noise) {
   const QSampleInputs in = prepare_q_sample(x0, alpha, sigma, noise);
-  const at::Tensor &z = in.z, &x = in.x, &n = in.n;
-  if (z.numel() == 0) return z;
-  const int64_t B = in.B, D = in.D;
+  if (in.z.numel() == 0) return in.z;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "q_sample_cpu", [&] {
     using acc = acc_t<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* np = n.const_data_ptr<scalar_t>();
-    scalar_t* zp = z.mutable_data_ptr<scalar_t>();
-    const acc* ap = alpha.const_data_ptr<acc>();
-    const acc* sp = sigma.const_data_ptr<acc>();
-    for_each_segment(B, D, [&](int64_t b, int64_t begin, int64_t end) {
+    const QSamplePtrs<scalar_t> p = q_sample_ptrs<scalar_t>(in, alpha, sigma);
+    for_each_segment(in.B, in.D, [&](int64_t b, int64_t begin, int64_t end) {
       with_cpu_isa([&] {
-        q_sample_segment<scalar_t, acc>(zp + begin, xp + begin, np + begin, ap[b], sp[b], end - begin);
+        q_sample_segment<scalar_t, acc>(p.z + begin, p.x + begin, p.n + begin, p.alpha[b], p.sigma[b], end - begin);
       });
     });
   });
-  return z;
+  return in.z;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> q_sample_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& alpha,
-    const at::Tensor& sigma, std::array<bool, 4> output_mask) {
-  const QSampleBackwardInputs in = prepare_q_sample_backward(grad, x0, noise, alpha, sigma, output_mask);
-  const at::Tensor &gx = in.gx, &gn = in.gn, &ga = in.ga, &gs = in.gs;
-  if (in.done) return {gx, gn, ga, gs};
-  const at::Tensor &g = in.g, &x = in.x, &n = in.n;
-  const bool want_gx = in.want_gx, want_gn = in.want_gn, want_sums = in.want_sums;
+    const at::Tensor& grad, const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma,
+    const at::Tensor& noise, std::array<bool, 4> output_mask) {
+  const QSampleBackwardInputs in = prepare_q_sample_backward(grad, x0, alpha, sigma, noise, output_mask);
+  if (in.done) return in.outputs();
   const int64_t B = in.B, D = in.D;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "q_sample_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* np = n.const_data_ptr<scalar_t>();
-    scalar_t* gxp = want_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gnp = want_gn ? gn.mutable_data_ptr<scalar_t>() : nullptr;
-    const acc* ap = alpha.const_data_ptr<acc>();
-    const acc* sp = sigma.const_data_ptr<acc>();
+    const QSamplePtrs<scalar_t> p = q_sample_backward_ptrs<scalar_t>(in, alpha, sigma);
     const std::vector<double> sums = reduce_per_sample<2>(B, D, [&](int64_t b, int64_t begin, int64_t end, double* out) {
       for (int64_t i = begin; i < end; i += kSumBlock) {
         const int64_t len = std::min(kSumBlock, end - i);
         acc part[2] = {0, 0};
         with_cpu_isa([&] {
-          q_sample_backward_segment<scalar_t, acc>(gxp ? gxp + i : nullptr, gnp ? gnp + i : nullptr, gp + i, xp + i,
-                                                   np + i, ap[b], sp[b], want_sums, len, part);
+          q_sample_backward_segment<scalar_t, acc>(p.gx ? p.gx + i : nullptr, p.gn ? p.gn + i : nullptr, p.g + i,
+                                                   p.x + i, p.n + i, p.alpha[b], p.sigma[b], in.want_sums, len, part);
         });
         out[0] += part[0];
         out[1] += part[1];
       }
     });
-    if (output_mask[2] || output_mask[3]) {
-      acc* gap = output_mask[2] ? ga.mutable_data_ptr<acc>() : nullptr;
-      acc* gsp = output_mask[3] ? gs.mutable_data_ptr<acc>() : nullptr;
-      for (int64_t b = 0; b < B; ++b) {
-        if (gap) gap[b] = static_cast<acc>(sums[2 * b]);
-        if (gsp) gsp[b] = static_cast<acc>(sums[2 * b + 1]);
-      }
+    for (int64_t b = 0; b < B; ++b) {
+      if (p.ga) p.ga[b] = static_cast<acc>(sums[2 * b]);
+      if (p.gs) p.gs[b] = static_cast<acc>(sums[2 * b + 1]);
     }
   });
-  return {gx, gn, ga, gs};
+  return in.outputs();
 }
 
 }  // namespace
@@ -120,3 +113,14 @@ TORCH_LIBRARY_IMPL(vdm_fast, CPU, m) {
   m.impl("q_sample", &vdm_fast::cpu::q_sample_cpu);
   m.impl("q_sample_backward", &vdm_fast::cpu::q_sample_backward_cpu);
 }
+
+namespace vdm_fast {
+struct QSampleOp {
+  static constexpr const char* kName = "vdm_fast::q_sample";
+  static constexpr const char* kBackward = "vdm_fast::q_sample_backward";
+  static constexpr std::array<bool, 4> kDifferentiable = {true, true, true, true};
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
+};
+}  // namespace vdm_fast
+
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { m.impl("q_sample", &vdm_fast::FusedAutograd<vdm_fast::QSampleOp>::kernel); }

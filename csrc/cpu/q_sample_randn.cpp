@@ -1,4 +1,4 @@
-// q_sample_randn on the CPU: noise n drawn in-kernel (csrc/cpu/noise.h) and
+// q_sample_randn: its schema and autograd, and on the CPU noise n drawn in-kernel (csrc/cpu/noise.h) and
 // z = alpha[b] * x0 + sigma[b] * n, one pass. Returns (z, n). The backward is q_sample's.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -11,6 +11,8 @@
 #include "cpu/per_sample.h"
 #include "noise_args.h"
 #include "q_sample.h"
+#include <torch/all.h>
+#include <array>
 
 namespace vdm_fast {
 namespace cpu {
@@ -60,3 +62,81 @@ std::tuple<at::Tensor, at::Tensor> q_sample_randn_cpu(const at::Tensor& x0, cons
 }  // namespace vdm_fast
 
 TORCH_LIBRARY_IMPL(vdm_fast, CPU, m) { m.impl("q_sample_randn", &vdm_fast::cpu::q_sample_randn_cpu); }
+
+// --- schema and autograd ----------------------------------------------------------------------
+// The one op whose autograd is not csrc/autograd.h's template: it returns two tensors, and its
+// backward is q_sample_backward with the returned noise (a constant: no gradient flows to it or to
+// the seed), not an op of its own.
+
+TORCH_LIBRARY_FRAGMENT(vdm_fast, m) {
+  m.def("q_sample_randn(Tensor x0, Tensor alpha, Tensor sigma, Tensor seed, int offset) -> (Tensor, Tensor)");
+}
+
+namespace vdm_fast {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::tuple<at::Tensor, at::Tensor> q_sample_randn_call(const at::Tensor& x0, const at::Tensor& alpha,
+                                                       const at::Tensor& sigma, const at::Tensor& seed,
+                                                       int64_t offset) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("vdm_fast::q_sample_randn", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                       const at::Tensor&, const at::Tensor&, int64_t)>();
+  return op.call(x0, alpha, sigma, seed, offset);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> q_sample_backward_call(
+    const at::Tensor& grad, const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma,
+    const at::Tensor& noise, std::array<bool, 4> mask) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("vdm_fast::q_sample_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              std::array<bool, 4>)>();
+  return op.call(grad, x0, alpha, sigma, noise, mask);
+}
+
+class QSampleRandn : public torch::autograd::Function<QSampleRandn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x0, const at::Tensor& alpha,
+                               const at::Tensor& sigma, const at::Tensor& seed, int64_t offset) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [z, noise] = q_sample_randn_call(x0, alpha, sigma, seed, offset);
+    ctx->save_for_backward({x0, alpha, sigma, noise});
+    ctx->mark_non_differentiable({noise});
+    return {z, noise};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    // q_sample_backward's mask: x0, alpha, sigma, noise (the noise is a constant).
+    const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
+                                      false};
+    if (!grads[0].defined() || !(mask[0] || mask[1] || mask[2])) {
+      return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+    auto [gx, ga, gs, gn] = q_sample_backward_call(grads[0], saved[0], saved[1], saved[2], saved[3], mask);
+    return {mask[0] ? gx : at::Tensor(), mask[1] ? ga : at::Tensor(), mask[2] ? gs : at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> q_sample_randn_autograd(const at::Tensor& x0, const at::Tensor& alpha,
+                                                           const at::Tensor& sigma, const at::Tensor& seed,
+                                                           int64_t offset) {
+  if (!at::GradMode::is_enabled() || !(x0.requires_grad() || alpha.requires_grad() || sigma.requires_grad())) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return q_sample_randn_call(x0, alpha, sigma, seed, offset);
+  }
+  const variable_list out = QSampleRandn::apply(x0, alpha, sigma, seed, offset);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+}  // namespace vdm_fast
+
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { m.impl("q_sample_randn", &vdm_fast::q_sample_randn_autograd); }

@@ -1,4 +1,4 @@
-// recon_nll on the CPU: per-sample sums of the categorical decoder's per-element nll, and the fused
+// recon_nll: its schema and autograd (csrc/autograd.h), and on the CPU per-sample sums of the categorical decoder's per-element nll, and the fused
 // backward. The 256-way log-softmax is evaluated in registers over a window of bins
 // (csrc/recon_nll_math.h); nothing of size B x D x 256 exists.
 //
@@ -8,10 +8,22 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include "autograd.h"
 #include "common.h"
 #include "cpu/per_sample.h"
 #include "recon_nll.h"
 #include "recon_nll_math.h"
+
+// The schema (DESIGN.md §4.5). The backward follows csrc/autograd.h: the forward's arguments in
+// order; x0 is data and gets no gradient.
+TORCH_LIBRARY_FRAGMENT(vdm_fast, m) {
+  m.def("recon_nll(Tensor x0, Tensor z0, Tensor alpha_0, Tensor sigma_0, str decoder=\"categorical\") -> Tensor");
+  // One pass over x0 and z0: grad_z0 elementwise, grad_alpha_0 / grad_sigma_0 per-sample sums,
+  // each scaled by the (B,) upstream grad.
+  m.def(
+      "recon_nll_backward(Tensor grad, Tensor x0, Tensor z0, Tensor alpha_0, Tensor sigma_0, str decoder,"
+      " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}
 
 namespace vdm_fast {
 namespace cpu {
@@ -55,18 +67,14 @@ at::Tensor recon_nll_cpu(const at::Tensor& x0, const at::Tensor& z0, const at::T
   const int64_t B = in.B, D = in.D;
   at::Tensor out = at::zeros({B}, alpha.options());
   if (x0.numel() == 0) return out;
-  const at::Tensor &x = in.x, &z = in.z;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "recon_nll_cpu", [&] {
     using acc = acc_t<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* zp = z.const_data_ptr<scalar_t>();
-    const acc* ap = alpha.const_data_ptr<acc>();
-    const acc* sp = sigma.const_data_ptr<acc>();
+    const ReconNllPtrs<scalar_t> p = recon_nll_ptrs<scalar_t>(in, alpha, sigma);
     const std::vector<double> sums = reduce_per_sample<1>(B, D, [&](int64_t b, int64_t begin, int64_t end, double* acc_out) {
-      const int L = recon::window_bins(ap[b], sp[b]);
+      const int L = recon::window_bins(p.alpha[b], p.sigma[b]);
       for (int64_t i = begin; i < end; i += kSumBlock) {
         const int64_t len = std::min(kSumBlock, end - i);
-        acc_out[0] += recon_nll_segment<scalar_t, acc>(xp + i, zp + i, ap[b], sp[b], L, len);
+        acc_out[0] += recon_nll_segment<scalar_t, acc>(p.x + i, p.z + i, p.alpha[b], p.sigma[b], L, len);
       }
     });
     acc* op_ = out.mutable_data_ptr<acc>();
@@ -81,40 +89,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recon_nll_backward_cpu(const at::
                                                                       c10::string_view decoder,
                                                                       std::array<bool, 3> output_mask) {
   const ReconNllBackwardInputs in = prepare_recon_nll_backward(grad, x0, z0, alpha, sigma, decoder, output_mask);
-  const at::Tensor &gz = in.gz, &ga = in.ga, &gs = in.gs;
-  if (in.done) return {gz, ga, gs};
-  const at::Tensor &x = in.x, &z = in.z;
-  const bool want_gz = in.want_gz, want_sums = in.want_sums;
+  if (in.done) return in.outputs();
   const int64_t B = in.B, D = in.D;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "recon_nll_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* zp = z.const_data_ptr<scalar_t>();
-    scalar_t* gzp = want_gz ? gz.mutable_data_ptr<scalar_t>() : nullptr;
-    const acc* gp = grad.const_data_ptr<acc>();
-    const acc* ap = alpha.const_data_ptr<acc>();
-    const acc* sp = sigma.const_data_ptr<acc>();
+    const ReconNllPtrs<scalar_t> p = recon_nll_backward_ptrs<scalar_t>(in, grad, alpha, sigma);
     const std::vector<double> sums = reduce_per_sample<2>(B, D, [&](int64_t b, int64_t begin, int64_t end, double* out) {
-      const int L = recon::window_bins(ap[b], sp[b]);
+      const int L = recon::window_bins(p.alpha[b], p.sigma[b]);
       for (int64_t i = begin; i < end; i += kSumBlock) {
         const int64_t len = std::min(kSumBlock, end - i);
         acc part[2] = {0, 0};
-        recon_nll_backward_segment<scalar_t, acc>(gzp ? gzp + i : nullptr, xp + i, zp + i, gp[b], ap[b], sp[b], L, len,
-                                                  part);
+        recon_nll_backward_segment<scalar_t, acc>(p.gz ? p.gz + i : nullptr, p.x + i, p.z + i, p.grad[b], p.alpha[b],
+                                                  p.sigma[b], L, len, part);
         out[0] += part[0];
         out[1] += part[1];
       }
     });
-    if (want_sums) {
-      acc* gap = output_mask[1] ? ga.mutable_data_ptr<acc>() : nullptr;
-      acc* gsp = output_mask[2] ? gs.mutable_data_ptr<acc>() : nullptr;
-      for (int64_t b = 0; b < B; ++b) {
-        if (gap) gap[b] = static_cast<acc>(gp[b] * sums[2 * b]);
-        if (gsp) gsp[b] = static_cast<acc>(gp[b] * sums[2 * b + 1]);
-      }
+    for (int64_t b = 0; b < B; ++b) {
+      if (p.ga) p.ga[b] = static_cast<acc>(p.grad[b] * sums[2 * b]);
+      if (p.gs) p.gs[b] = static_cast<acc>(p.grad[b] * sums[2 * b + 1]);
     }
   });
-  return {gz, ga, gs};
+  return in.outputs();
 }
 
 }  // namespace
@@ -125,3 +121,14 @@ TORCH_LIBRARY_IMPL(vdm_fast, CPU, m) {
   m.impl("recon_nll", &vdm_fast::cpu::recon_nll_cpu);
   m.impl("recon_nll_backward", &vdm_fast::cpu::recon_nll_backward_cpu);
 }
+
+namespace vdm_fast {
+struct ReconNllOp {
+  static constexpr const char* kName = "vdm_fast::recon_nll";
+  static constexpr const char* kBackward = "vdm_fast::recon_nll_backward";
+  static constexpr std::array<bool, 5> kDifferentiable = {false, true, true, true, false};
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view);
+};
+}  // namespace vdm_fast
+
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { m.impl("recon_nll", &vdm_fast::FusedAutograd<vdm_fast::ReconNllOp>::kernel); }

@@ -1,4 +1,4 @@
-// reverse_step on the CPU (DESIGN.md §4.6): guidance, x̂ (optionally clipped) and the affine update
+// reverse_step: its schema and inference-only Autograd kernel, and on the CPU (DESIGN.md §4.6): guidance, x̂ (optionally clipped) and the affine update
 // in one pass. One loop per combination of optional inputs (CFG, classifier guidance, clip, noise),
 // so the common cases carry no dead loads or branches and GCC vectorises each of them. With a
 // seed, the noise is drawn in-kernel (csrc/cpu/noise.h) tile by tile, only for samples with c_n != 0.
@@ -13,6 +13,8 @@
 #include "cpu/per_sample.h"
 #include "reverse_step.h"
 #include "reverse_step_math.h"
+#include <torch/all.h>
+#include <optional>
 
 namespace vdm_fast {
 namespace cpu {
@@ -48,27 +50,18 @@ at::Tensor reverse_step_cpu(const at::Tensor& z, const at::Tensor& model_out, co
   const uint64_t off = in.offset;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "reverse_step_cpu", [&] {
     using acc = acc_t<scalar_t>;
-    scalar_t* op = in.out.mutable_data_ptr<scalar_t>();
-    const scalar_t* zp = in.z.const_data_ptr<scalar_t>();
-    const scalar_t* mp = in.model_out.const_data_ptr<scalar_t>();
-    const scalar_t* up = in.flags.cfg ? in.uncond.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* gp = in.flags.cg ? in.grad.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* np = in.flags.noise == NoiseSource::kTensor ? in.noise.const_data_ptr<scalar_t>() : nullptr;
-    const acc* cp = in.coeffs.const_data_ptr<acc>();
-    const acc* wp = in.flags.cfg ? in.guidance_scale.const_data_ptr<acc>() : nullptr;
-    const acc* gsp = in.flags.cg ? in.grad_scale.const_data_ptr<acc>() : nullptr;
-    const acc clip_v = static_cast<acc>(in.clip);
+    const StepPtrs<scalar_t> p = step_ptrs<scalar_t>(in);
     const int64_t B = in.B;
     dispatch_step_flags(in.flags, [&](auto cfg, auto cg, auto clp, auto noi) {
       constexpr bool CFG = decltype(cfg)::value, CG = decltype(cg)::value, CLIP = decltype(clp)::value;
       constexpr NoiseSource NOISE = decltype(noi)::value;
       for_each_segment(B, in.D, [&](int64_t b, int64_t begin, int64_t end) {
-        const StepScalars<acc> s = load_step_scalars<acc>(cp, B, b, wp, gsp, clip_v);
-        scalar_t* o = op + begin;
-        const scalar_t* zs = zp + begin;
-        const scalar_t* ms = mp + begin;
-        const scalar_t* us = up ? up + begin : nullptr;
-        const scalar_t* gs = gp ? gp + begin : nullptr;
+        const StepScalars<acc> s = load_step_scalars<acc>(p.coeffs, B, b, p.guidance_scale, p.grad_scale, p.clip);
+        scalar_t* o = p.out + begin;
+        const scalar_t* zs = p.z + begin;
+        const scalar_t* ms = p.model_out + begin;
+        const scalar_t* us = p.uncond ? p.uncond + begin : nullptr;
+        const scalar_t* gs = p.grad ? p.grad + begin : nullptr;
         if constexpr (NOISE == NoiseSource::kPhilox) {
           if (needs_noise(s.c_n)) {
             // Tiles of Philox normals on the stack: element i's noise whatever the thread split.
@@ -92,7 +85,7 @@ at::Tensor reverse_step_cpu(const at::Tensor& z, const at::Tensor& model_out, co
           constexpr bool TENSOR = NOISE == NoiseSource::kTensor;
           with_cpu_isa([&] {
             reverse_step_segment<scalar_t, acc, CFG, CG, CLIP, TENSOR>(o, zs, ms, us, gs,
-                                                                       TENSOR ? np + begin : nullptr, s, end - begin);
+                                                                       TENSOR ? p.noise + begin : nullptr, s, end - begin);
           });
         }
       });
@@ -106,3 +99,65 @@ at::Tensor reverse_step_cpu(const at::Tensor& z, const at::Tensor& model_out, co
 }  // namespace vdm_fast
 
 TORCH_LIBRARY_IMPL(vdm_fast, CPU, m) { m.impl("reverse_step", &vdm_fast::cpu::reverse_step_cpu); }
+
+// --- schema and autograd ----------------------------------------------------------------------
+// Schema of the reverse_step op (DESIGN.md §4.6). Kernels: csrc/cpu/reverse_step.cpp,
+// csrc/cuda/reverse_step.cu. Fake kernel: vdm_fast/ops/reverse_step.py.
+//
+// Inference only: sampling needs no gradients, so there is no backward. The Autograd kernel below
+// makes that explicit instead of returning an output silently cut from the graph: with grad mode
+// on and any input requiring grad it raises, naming the input; otherwise (no_grad,
+// inference_mode, or plain tensors) it goes straight to the device kernel.
+
+TORCH_LIBRARY_FRAGMENT(vdm_fast, m) {
+  // z_next = c_z z + c_m m + c_x x̂ + c_n noise with m the (guided) model output and
+  // x̂ = a_z z + a_m m (clamped to [-clip, clip] when clip is given). coeffs: (6, B) rows
+  // (a_z, a_m, c_z, c_m, c_x, c_n). The noise n: the `noise` tensor; or, with `seed` (noise None),
+  // drawn in-kernel from Philox stream (seed, offset) (csrc/noise_args.h), only for samples whose
+  // c_n is non-zero; with neither, the c_n term is left out.
+  m.def(
+      "reverse_step(Tensor z, Tensor model_out, Tensor coeffs, Tensor? uncond=None, Tensor? guidance_scale=None,"
+      " Tensor? classifier_grad=None, Tensor? grad_scale=None, float? clip=None, Tensor? noise=None,"
+      " Tensor? seed=None, int offset=0) -> Tensor");
+}
+
+namespace vdm_fast {
+namespace {
+
+using OptT = std::optional<at::Tensor>;
+
+at::Tensor reverse_step_autograd(const at::Tensor& z, const at::Tensor& model_out, const at::Tensor& coeffs,
+                                 const OptT& uncond, const OptT& guidance_scale, const OptT& classifier_grad,
+                                 const OptT& grad_scale, std::optional<double> clip, const OptT& noise,
+                                 const OptT& seed, int64_t offset) {
+  if (at::GradMode::is_enabled()) {
+    const std::pair<const char*, const at::Tensor*> inputs[] = {
+        {"z", &z},
+        {"model_out", &model_out},
+        {"coeffs", &coeffs},
+        {"uncond", uncond ? &*uncond : nullptr},
+        {"guidance_scale", guidance_scale ? &*guidance_scale : nullptr},
+        {"classifier_grad", classifier_grad ? &*classifier_grad : nullptr},
+        {"grad_scale", grad_scale ? &*grad_scale : nullptr},
+        {"noise", noise ? &*noise : nullptr},
+    };
+    for (const auto& [name, t] : inputs) {
+      TORCH_CHECK_VALUE(t == nullptr || !t->defined() || !t->requires_grad(), "vdm_fast::reverse_step: ", name,
+                        " requires grad, but reverse_step is inference-only (no backward); detach it, or call "
+                        "under torch.no_grad() or torch.inference_mode()");
+    }
+  }
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("vdm_fast::reverse_step", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptT&,
+                                               const OptT&, const OptT&, const OptT&, std::optional<double>,
+                                               const OptT&, const OptT&, int64_t)>();
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, seed,
+                 offset);
+}
+
+}  // namespace
+}  // namespace vdm_fast
+
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { m.impl("reverse_step", &vdm_fast::reverse_step_autograd); }

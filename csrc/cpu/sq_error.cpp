@@ -1,13 +1,29 @@
-// sq_error on the CPU: out[b] = sum_i (pred - target)^2 over sample b, and its fused backward.
+// sq_error: its schema and autograd (csrc/autograd.h), and on the CPU out[b] = sum_i (pred -
+// target)^2 over sample b, and its fused backward.
 // The target (csrc/targets.h) is built in the loop from x0, noise and the sample's alpha, sigma.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include "autograd.h"
 #include "common.h"
 #include "cpu/per_sample.h"
 #include "sq_error.h"
 #include "targets.h"
+
+// The schema (DESIGN.md §4.3). The backward follows csrc/autograd.h: the forward's arguments in order.
+TORCH_LIBRARY_FRAGMENT(vdm_fast, m) {
+  // out[b] = sum_i (pred - target)^2 over sample b, in the compute dtype (float32; float64 for
+  // float64 data). target is "eps", "x0", "v" or "score", built in-kernel from x0, noise, alpha, sigma.
+  m.def("sq_error(Tensor pred, Tensor x0, Tensor noise, Tensor alpha, Tensor sigma, str target) -> Tensor");
+  // One pass over pred, x0, noise (only those the target reads) for an upstream grad of shape (B,):
+  // grads to pred, x0, noise (elementwise, in the data dtype and layout) and to alpha, sigma
+  // (per-sample sums, compute dtype). A wanted grad that is structurally zero (x0 for "eps", say)
+  // comes back as zeros.
+  m.def(
+      "sq_error_backward(Tensor grad, Tensor pred, Tensor x0, Tensor noise, Tensor alpha, Tensor sigma, str target,"
+      " bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
 
 namespace vdm_fast {
 namespace cpu {
@@ -72,32 +88,26 @@ void sq_error_backward_block(scalar_t* __restrict gp, scalar_t* __restrict gx, s
 at::Tensor sq_error_cpu(const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& alpha,
                         const at::Tensor& sigma, c10::string_view target_name) {
   const SqErrorInputs in = prepare_sq_error(pred, x0, noise, alpha, sigma, target_name);
-  const at::Tensor& out = in.out;
-  if (pred.numel() == 0) return out;
-  const at::Tensor &p = in.p, &x = in.x, &n = in.n;
-  const Target target = in.target;
+  if (pred.numel() == 0) return in.out;
   const int64_t B = in.B, D = in.D;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "sq_error_cpu", [&] {
     using acc = acc_t<scalar_t>;
-    const scalar_t* pp = p.const_data_ptr<scalar_t>();
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* np = n.const_data_ptr<scalar_t>();
-    const acc* ap = alpha.const_data_ptr<acc>();
-    const acc* sp = sigma.const_data_ptr<acc>();
-    dispatch_target(target, [&](auto tag) {
+    const SqErrorPtrs<scalar_t> ptr = sq_error_ptrs<scalar_t>(in, alpha, sigma);
+    dispatch_target(in.target, [&](auto tag) {
       constexpr int T = decltype(tag)::value;
       const std::vector<double> sums = reduce_per_sample<1>(B, D, [&](int64_t b, int64_t begin, int64_t end, double* o) {
-        const TargetCoeffs<acc> c = target_coeffs<T, acc>(ap[b], sp[b]);
+        const TargetCoeffs<acc> c = target_coeffs<T, acc>(ptr.alpha[b], ptr.sigma[b]);
         for (int64_t i = begin; i < end; i += kBlock) {
-          o[0] += with_cpu_isa(
-              [&] { return sq_error_block<T, scalar_t, acc>(pp + i, xp + i, np + i, c.tx, c.tn, std::min(kBlock, end - i)); });
+          o[0] += with_cpu_isa([&] {
+            return sq_error_block<T, scalar_t, acc>(ptr.p + i, ptr.x + i, ptr.n + i, c.tx, c.tn, std::min(kBlock, end - i));
+          });
         }
       });
-      acc* op_ = out.mutable_data_ptr<acc>();
+      acc* op_ = in.out.mutable_data_ptr<acc>();
       for (int64_t b = 0; b < B; ++b) op_[b] = static_cast<acc>(sums[b]);
     });
   });
-  return out;
+  return in.out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sq_error_backward_cpu(
@@ -105,55 +115,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sq_error_
     const at::Tensor& alpha, const at::Tensor& sigma, c10::string_view target_name, std::array<bool, 5> output_mask) {
   const SqErrorBackwardInputs in =
       prepare_sq_error_backward(grad, pred, x0, noise, alpha, sigma, target_name, output_mask);
-  const at::Tensor &gp = in.gp, &gx = in.gx, &gn = in.gn, &ga = in.ga, &gs = in.gs;
-  if (in.done) return {gp, gx, gn, ga, gs};
-  const at::Tensor &p = in.p, &x = in.x, &n = in.n;
-  const Target target = in.target;
-  const bool want_gp = in.want_gp, want_gx = in.want_gx, want_gn = in.want_gn, want_sums = in.want_sums;
+  if (in.done) return in.outputs();
   const int64_t B = in.B, D = in.D;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "sq_error_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;
-    const scalar_t* pp = p.const_data_ptr<scalar_t>();
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* np = n.const_data_ptr<scalar_t>();
-    scalar_t* gpp = want_gp ? gp.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gxp = want_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gnp = want_gn ? gn.mutable_data_ptr<scalar_t>() : nullptr;
-    const acc* ap = alpha.const_data_ptr<acc>();
-    const acc* sp = sigma.const_data_ptr<acc>();
-    const acc* up = grad.const_data_ptr<acc>();
-    dispatch_target(target, [&](auto tag) {
+    const SqErrorPtrs<scalar_t> ptr = sq_error_backward_ptrs<scalar_t>(in, grad, alpha, sigma);
+    dispatch_target(in.target, [&](auto tag) {
       constexpr int T = decltype(tag)::value;
       const std::vector<double> sums =
           reduce_per_sample<2>(B, D, [&](int64_t b, int64_t begin, int64_t end, double* o) {
-            const TargetCoeffs<acc> c = target_coeffs<T, acc>(ap[b], sp[b]);
-            const acc k = acc(2) * up[b];  // d(r^2)/dr times the upstream grad
+            const TargetCoeffs<acc> c = target_coeffs<T, acc>(ptr.alpha[b], ptr.sigma[b]);
+            const acc k = acc(2) * ptr.up[b];  // d(r^2)/dr times the upstream grad
             acc r[kBlock];
             for (int64_t i = begin; i < end; i += kBlock) {
               acc part[2] = {0, 0};
               with_cpu_isa([&] {
-                sq_error_backward_block<T, scalar_t, acc>(gpp ? gpp + i : nullptr, gxp ? gxp + i : nullptr,
-                                                          gnp ? gnp + i : nullptr, pp + i, xp + i, np + i, c.tx, c.tn,
-                                                          k, -k * c.tx, -k * c.tn, want_sums,
-                                                          std::min(kBlock, end - i), r, part);
+                sq_error_backward_block<T, scalar_t, acc>(ptr.gp ? ptr.gp + i : nullptr, ptr.gx ? ptr.gx + i : nullptr,
+                                                          ptr.gn ? ptr.gn + i : nullptr, ptr.p + i, ptr.x + i,
+                                                          ptr.n + i, c.tx, c.tn, k, -k * c.tx, -k * c.tn,
+                                                          in.want_sums, std::min(kBlock, end - i), r, part);
               });
               o[0] += part[0];
               o[1] += part[1];
             }
           });
-      if (!want_sums) return;
+      if (!in.want_sums) return;
       // d/dtheta sum(r^2) = -2 sum(r * (dtx/dtheta x0 + dtn/dtheta noise)), theta in {alpha, sigma}.
-      acc* gap = output_mask[3] ? ga.mutable_data_ptr<acc>() : nullptr;
-      acc* gsp = output_mask[4] ? gs.mutable_data_ptr<acc>() : nullptr;
       for (int64_t b = 0; b < B; ++b) {
-        const TargetCoeffs<acc> c = target_coeffs<T, acc>(ap[b], sp[b]);
-        const double k = -2.0 * static_cast<double>(up[b]), srx = sums[2 * b], srn = sums[2 * b + 1];
-        if (gap) gap[b] = static_cast<acc>(k * (c.dtx_da * srx + c.dtn_da * srn));
-        if (gsp) gsp[b] = static_cast<acc>(k * (c.dtx_ds * srx + c.dtn_ds * srn));
+        const TargetCoeffs<acc> c = target_coeffs<T, acc>(ptr.alpha[b], ptr.sigma[b]);
+        const double k = -2.0 * static_cast<double>(ptr.up[b]), srx = sums[2 * b], srn = sums[2 * b + 1];
+        if (ptr.ga) ptr.ga[b] = static_cast<acc>(k * (c.dtx_da * srx + c.dtn_da * srn));
+        if (ptr.gs) ptr.gs[b] = static_cast<acc>(k * (c.dtx_ds * srx + c.dtn_ds * srn));
       }
     });
   });
-  return {gp, gx, gn, ga, gs};
+  return in.outputs();
 }
 
 }  // namespace
@@ -164,3 +160,14 @@ TORCH_LIBRARY_IMPL(vdm_fast, CPU, m) {
   m.impl("sq_error", &vdm_fast::cpu::sq_error_cpu);
   m.impl("sq_error_backward", &vdm_fast::cpu::sq_error_backward_cpu);
 }
+
+namespace vdm_fast {
+struct SqErrorOp {
+  static constexpr const char* kName = "vdm_fast::sq_error";
+  static constexpr const char* kBackward = "vdm_fast::sq_error_backward";
+  static constexpr std::array<bool, 6> kDifferentiable = {true, true, true, true, true, false};
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view);
+};
+}  // namespace vdm_fast
+
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { m.impl("sq_error", &vdm_fast::FusedAutograd<vdm_fast::SqErrorOp>::kernel); }

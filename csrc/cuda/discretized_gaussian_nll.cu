@@ -31,9 +31,7 @@ __global__ void dgauss_kernel(const scalar_t* __restrict__ x0, const scalar_t* _
                               const scalar_t* __restrict__ log_scale, int64_t D, int64_t chunks,
                               double* __restrict__ partial) {
   __shared__ acc_t shared[kThreads / 32];
-  const int64_t b = blockIdx.x / chunks, c = blockIdx.x % chunks;
-  const int64_t begin = b * D + c * kReduceChunk;
-  const int64_t end = b * D + min(D, (c + 1) * kReduceChunk);
+  const auto [b, begin, end] = reduce_chunk(D, chunks);
   acc_t sum = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     sum += dgauss::element<acc_t, TANH, false>(static_cast<acc_t>(x0[i]), static_cast<acc_t>(mean[i]),
@@ -69,8 +67,7 @@ at::Tensor dgauss_cuda(const at::Tensor& x0, const at::Tensor& mean, const at::T
   const auto cdt = compute_dtype(x0.scalar_type());
   if (x0.numel() == 0) return at::zeros({B}, x0.options().dtype(cdt));
   const at::Tensor &x = in.x, &m = in.m, &l = in.l;
-  const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
-  TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
+  const int64_t chunks = reduce_chunks(op, B, D);
   at::Tensor partial = at::empty({B, chunks}, x0.options().dtype(at::kDouble));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "discretized_gaussian_nll_cuda", [&] {

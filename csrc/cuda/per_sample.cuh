@@ -9,21 +9,12 @@
 #include <array>
 #include <cstdint>
 
+#include "common.h"
+
 namespace vdm_fast {
 namespace cuda {
 
 constexpr int kThreads = 256;
-
-template <typename scalar_t>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
-template <typename scalar_t>
-using acc_t = typename Acc<scalar_t>::type;
 
 // Elements per 16-byte vector access.
 template <typename scalar_t>
@@ -61,8 +52,48 @@ __device__ inline T block_sum(T v, T* shared) {
   return v;
 }
 
-// Elements of one sample handled by one block in per-sample reductions.
+// Blocks of kThreads for one thread per item.
+inline unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
+
+// Per-sample reductions run one block per (sample b, chunk c), flattened into grid.x = B * chunks
+// (no 65535 limit on B): block (b, c) covers elements [c*kReduceChunk, (c+1)*kReduceChunk) of
+// sample b and writes its partial sums as doubles, which a second kernel adds up per sample in
+// chunk order (a fixed order, so the result does not depend on scheduling).
 constexpr int64_t kReduceChunk = 16384;
+
+// The chunks of one sample of D elements, checked against the grid size of one launch.
+inline int64_t reduce_chunks(const char* op, int64_t B, int64_t D) {
+  const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
+  TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
+  return chunks;
+}
+
+// The sample b of this block and the flat offsets [begin, end) of its elements.
+struct ReduceChunk {
+  int64_t b, begin, end;
+};
+
+__device__ inline ReduceChunk reduce_chunk(int64_t D, int64_t chunks) {
+  const int64_t b = blockIdx.x / chunks, c = blockIdx.x % chunks;
+  return {b, b * D + c * kReduceChunk, b * D + min(D, (c + 1) * kReduceChunk)};
+}
+
+// In an unnamed namespace like the ops' kernels: each .cu file launches its own copy (kernels are
+// not shared between translation units without relocatable device code).
+namespace {
+
+// out[b] = scale * the sum of sample b's partials partial[b * chunks + c], in chunk order.
+template <typename acc_t>
+__global__ void sum_chunks_kernel(acc_t* __restrict__ out, const double* __restrict__ partial, int64_t B,
+                                  int64_t chunks, double scale) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  double s = 0;
+  for (int64_t c = 0; c < chunks; ++c) s += partial[b * chunks + c];
+  out[b] = static_cast<acc_t>(scale * s);
+}
+
+}  // namespace
 
 }  // namespace cuda
 }  // namespace vdm_fast

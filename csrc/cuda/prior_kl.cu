@@ -22,9 +22,7 @@ __global__ void prior_kl_pass_kernel(scalar_t* __restrict__ gx, const scalar_t* 
                                      int64_t chunks, bool want_sum, double* __restrict__ partial) {
   using V = Vec<scalar_t, VEC>;
   __shared__ acc_t shared[kThreads / 32];
-  const int64_t b = blockIdx.x / chunks, c = blockIdx.x % chunks;
-  const int64_t begin = b * D + c * kReduceChunk;
-  const int64_t end = b * D + min(D, (c + 1) * kReduceChunk);
+  const auto [b, begin, end] = reduce_chunk(D, chunks);
   const acc_t k = gx ? up[b] * alpha[b] * alpha[b] : acc_t(0);
   acc_t sum = 0;
   for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * VEC; i < end; i += static_cast<int64_t>(blockDim.x) * VEC) {
@@ -65,15 +63,12 @@ __global__ void prior_kl_finish_kernel(acc_t* __restrict__ out, acc_t* __restric
   if (gs) gs[b] = up[b] * Dt * (s - acc_t(1) / s);
 }
 
-unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
-
 // Runs the data pass (when there is data and something to do) into `partial` (B, chunks).
 template <typename scalar_t>
-void launch_pass(const char* op, scalar_t* gx, const at::Tensor& x, const at::Tensor& up, const at::Tensor& alpha,
+void launch_pass(scalar_t* gx, const at::Tensor& x, const at::Tensor& up, const at::Tensor& alpha,
                  int64_t B, int64_t D, int64_t chunks, bool want_sum, at::Tensor& partial, cudaStream_t stream) {
   using acc = acc_t<scalar_t>;
   if (B * chunks == 0 || !(gx || want_sum)) return;
-  TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
   constexpr int W = vec_width<scalar_t>();
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const acc* upp = up.defined() ? up.const_data_ptr<acc>() : nullptr;
@@ -95,12 +90,12 @@ at::Tensor prior_kl_cuda(const at::Tensor& x0, const at::Tensor& alpha, const at
   const at::Tensor &out = in.out, &x = in.x;
   const int64_t B = in.B, D = in.D;
   if (B == 0) return out;
-  const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
+  const int64_t chunks = reduce_chunks(op, B, D);
   at::Tensor partial = at::empty({B, chunks}, x0.options().dtype(at::kDouble));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "prior_kl_cuda", [&] {
     using acc = acc_t<scalar_t>;
-    launch_pass<scalar_t>(op, nullptr, x, at::Tensor(), alpha, B, D, chunks, true, partial, stream);
+    launch_pass<scalar_t>(nullptr, x, at::Tensor(), alpha, B, D, chunks, true, partial, stream);
     prior_kl_finish_kernel<acc><<<blocks_for(B), kThreads, 0, stream>>>(
         out.mutable_data_ptr<acc>(), nullptr, nullptr, partial.const_data_ptr<double>(), nullptr,
         alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), B, D, chunks);
@@ -119,12 +114,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prior_kl_backward_cuda(const at::
   if (in.done) return {gx, ga, gs};
   const bool want_gx = in.want_gx, want_sum = in.want_sum;
   const int64_t B = in.B, D = in.D;
-  const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
+  const int64_t chunks = reduce_chunks(op, B, D);
   at::Tensor partial = at::empty({B, chunks}, x0.options().dtype(at::kDouble));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "prior_kl_backward_cuda", [&] {
     using acc = acc_t<scalar_t>;
-    launch_pass<scalar_t>(op, want_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr, x, grad, alpha, B, D, chunks,
+    launch_pass<scalar_t>(want_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr, x, grad, alpha, B, D, chunks,
                           want_sum, partial, stream);
     if (output_mask[1] || output_mask[2]) {
       prior_kl_finish_kernel<acc><<<blocks_for(B), kThreads, 0, stream>>>(

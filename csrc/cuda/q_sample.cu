@@ -34,9 +34,8 @@ __global__ void q_sample_kernel(scalar_t* __restrict__ z, const scalar_t* __rest
   }
 }
 
-// One block per (sample b, chunk c), flattened into grid.x = B * chunks (no 65535 limit on B):
-// it covers elements [c*kReduceChunk, (c+1)*kReduceChunk) of sample b and writes its two partial
-// sums to partial[b, c, 0:2].
+// One block per (sample b, chunk c) (csrc/cuda/per_sample.cuh); it writes its two partial sums to
+// partial[b, c, 0:2].
 template <typename scalar_t, typename acc_t>
 __global__ void q_sample_backward_kernel(scalar_t* __restrict__ gx, scalar_t* __restrict__ gn,
                                          const scalar_t* __restrict__ g, const scalar_t* __restrict__ x0,
@@ -44,9 +43,7 @@ __global__ void q_sample_backward_kernel(scalar_t* __restrict__ gx, scalar_t* __
                                          const acc_t* __restrict__ sigma, int64_t D, int64_t chunks,
                                          bool want_sums, double* __restrict__ partial) {
   __shared__ acc_t shared[kThreads / 32];
-  const int64_t b = blockIdx.x / chunks, c = blockIdx.x % chunks;
-  const int64_t begin = b * D + c * kReduceChunk;
-  const int64_t end = b * D + min(D, (c + 1) * kReduceChunk);
+  const auto [b, begin, end] = reduce_chunk(D, chunks);
   const acc_t a = alpha[b], s = sigma[b];
   acc_t sx = 0, sn = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
@@ -62,7 +59,7 @@ __global__ void q_sample_backward_kernel(scalar_t* __restrict__ gx, scalar_t* __
   sx = block_sum(sx, shared);
   sn = block_sum(sn, shared);
   if (threadIdx.x == 0) {
-    const int64_t slot = (b * chunks + c) * 2;
+    const int64_t slot = (b * chunks + blockIdx.x % chunks) * 2;  // partial[b, c, 0]
     partial[slot] = static_cast<double>(sx);
     partial[slot + 1] = static_cast<double>(sn);
   }
@@ -72,59 +69,47 @@ at::Tensor q_sample_cuda(const at::Tensor& x0, const at::Tensor& alpha, const at
                          const at::Tensor& noise) {
   const c10::cuda::CUDAGuard guard(x0.device());
   const QSampleInputs in = prepare_q_sample(x0, alpha, sigma, noise);
-  const at::Tensor &z = in.z, &x = in.x, &n = in.n;
-  if (z.numel() == 0) return z;
-  const int64_t D = in.D;
+  if (in.z.numel() == 0) return in.z;
+  const int64_t D = in.D, N = in.z.numel();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "q_sample_cuda", [&] {
     using acc = acc_t<scalar_t>;
     constexpr int W = vec_width<scalar_t>();
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* np = n.const_data_ptr<scalar_t>();
-    scalar_t* zp = z.mutable_data_ptr<scalar_t>();
-    const int64_t N = z.numel();
-    if (D % W == 0 && aligned16(xp) && aligned16(np) && aligned16(zp)) {
-      q_sample_kernel<scalar_t, acc, W><<<grid_for(N / W), kThreads, 0, stream>>>(
-          zp, xp, np, alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), D, N / W);
+    const QSamplePtrs<scalar_t> p = q_sample_ptrs<scalar_t>(in, alpha, sigma);
+    if (D % W == 0 && aligned16(p.x) && aligned16(p.n) && aligned16(p.z)) {
+      q_sample_kernel<scalar_t, acc, W><<<grid_for(N / W), kThreads, 0, stream>>>(p.z, p.x, p.n, p.alpha, p.sigma,
+                                                                                  D, N / W);
     } else {
-      q_sample_kernel<scalar_t, acc, 1><<<grid_for(N), kThreads, 0, stream>>>(
-          zp, xp, np, alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), D, N);
+      q_sample_kernel<scalar_t, acc, 1><<<grid_for(N), kThreads, 0, stream>>>(p.z, p.x, p.n, p.alpha, p.sigma, D, N);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return z;
+  return in.z;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> q_sample_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& alpha,
-    const at::Tensor& sigma, std::array<bool, 4> output_mask) {
-  constexpr const char* op = "vdm_fast::q_sample_backward";
+    const at::Tensor& grad, const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma,
+    const at::Tensor& noise, std::array<bool, 4> output_mask) {
   const c10::cuda::CUDAGuard guard(x0.device());
-  const QSampleBackwardInputs in = prepare_q_sample_backward(grad, x0, noise, alpha, sigma, output_mask);
-  const at::Tensor &gx = in.gx, &gn = in.gn, &ga = in.ga, &gs = in.gs;
-  if (in.done) return {gx, gn, ga, gs};
-  const at::Tensor &g = in.g, &x = in.x, &n = in.n;
-  const bool want_gx = in.want_gx, want_gn = in.want_gn, want_sums = in.want_sums;
+  const QSampleBackwardInputs in = prepare_q_sample_backward(grad, x0, alpha, sigma, noise, output_mask);
+  if (in.done) return in.outputs();
   const int64_t B = in.B, D = in.D;
-  const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
+  const int64_t chunks = reduce_chunks("vdm_fast::q_sample_backward", B, D);
   at::Tensor partial = at::empty({B, chunks, 2}, x0.options().dtype(at::kDouble));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "q_sample_backward_cuda", [&] {
     using acc = acc_t<scalar_t>;
-    TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
+    const QSamplePtrs<scalar_t> p = q_sample_backward_ptrs<scalar_t>(in, alpha, sigma);
     q_sample_backward_kernel<scalar_t, acc><<<static_cast<unsigned int>(B * chunks), kThreads, 0, stream>>>(
-        want_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr, want_gn ? gn.mutable_data_ptr<scalar_t>() : nullptr,
-        g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), n.const_data_ptr<scalar_t>(),
-        alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), D, chunks, want_sums,
-        partial.mutable_data_ptr<double>());
+        p.gx, p.gn, p.g, p.x, p.n, p.alpha, p.sigma, D, chunks, in.want_sums, partial.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  if (want_sums) {
+  if (in.want_sums) {
     const at::Tensor sums = partial.sum(1);  // (B, 2), reduced in a fixed order
-    if (output_mask[2]) ga.copy_(sums.select(1, 0));
-    if (output_mask[3]) gs.copy_(sums.select(1, 1));
+    if (in.want_ga) in.ga.copy_(sums.select(1, 0));
+    if (in.want_gs) in.gs.copy_(sums.select(1, 1));
   }
-  return {gx, gn, ga, gs};
+  return in.outputs();
 }
 
 }  // namespace

@@ -20,9 +20,7 @@ __global__ void recon_nll_kernel(const scalar_t* __restrict__ x0, const scalar_t
                                  const acc_t* __restrict__ alpha, const acc_t* __restrict__ sigma, int64_t D,
                                  int64_t chunks, double* __restrict__ partial) {
   __shared__ acc_t shared[kThreads / 32];
-  const int64_t b = blockIdx.x / chunks, c = blockIdx.x % chunks;
-  const int64_t begin = b * D + c * kReduceChunk;
-  const int64_t end = b * D + min(D, (c + 1) * kReduceChunk);
+  const auto [b, begin, end] = reduce_chunk(D, chunks);
   const acc_t a = alpha[b], s = sigma[b];
   const int L = recon::window_bins(a, s);
   acc_t sum = 0;
@@ -40,9 +38,7 @@ __global__ void recon_nll_backward_kernel(scalar_t* __restrict__ gz, const acc_t
                                           const acc_t* __restrict__ alpha, const acc_t* __restrict__ sigma, int64_t D,
                                           int64_t chunks, double* __restrict__ partial) {
   __shared__ acc_t shared[kThreads / 32];
-  const int64_t b = blockIdx.x / chunks, c = blockIdx.x % chunks;
-  const int64_t begin = b * D + c * kReduceChunk;
-  const int64_t end = b * D + min(D, (c + 1) * kReduceChunk);
+  const auto [b, begin, end] = reduce_chunk(D, chunks);
   const acc_t a = alpha[b], s = sigma[b], g = grad[b];
   const int L = recon::window_bins(a, s);
   acc_t sa = 0, ss = 0;
@@ -64,21 +60,18 @@ __global__ void recon_nll_backward_kernel(scalar_t* __restrict__ gz, const acc_t
 
 at::Tensor recon_nll_cuda(const at::Tensor& x0, const at::Tensor& z0, const at::Tensor& alpha,
                           const at::Tensor& sigma, c10::string_view decoder) {
-  constexpr const char* op = "vdm_fast::recon_nll";
   const c10::cuda::CUDAGuard guard(x0.device());
   const ReconNllInputs in = prepare_recon_nll(x0, z0, alpha, sigma, decoder);
   const int64_t B = in.B, D = in.D;
   if (x0.numel() == 0) return at::zeros({B}, alpha.options());
-  const at::Tensor &x = in.x, &z = in.z;
-  const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
-  TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
+  const int64_t chunks = reduce_chunks("vdm_fast::recon_nll", B, D);
   at::Tensor partial = at::empty({B, chunks}, x0.options().dtype(at::kDouble));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "recon_nll_cuda", [&] {
     using acc = acc_t<scalar_t>;
+    const ReconNllPtrs<scalar_t> p = recon_nll_ptrs<scalar_t>(in, alpha, sigma);
     recon_nll_kernel<scalar_t, acc><<<static_cast<unsigned int>(B * chunks), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), alpha.const_data_ptr<acc>(),
-        sigma.const_data_ptr<acc>(), D, chunks, partial.mutable_data_ptr<double>());
+        p.x, p.z, p.alpha, p.sigma, D, chunks, partial.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return partial.sum(1).to(alpha.scalar_type());
@@ -89,32 +82,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recon_nll_backward_cuda(const at:
                                                                        const at::Tensor& sigma,
                                                                        c10::string_view decoder,
                                                                        std::array<bool, 3> output_mask) {
-  constexpr const char* op = "vdm_fast::recon_nll_backward";
   const c10::cuda::CUDAGuard guard(x0.device());
   const ReconNllBackwardInputs in = prepare_recon_nll_backward(grad, x0, z0, alpha, sigma, decoder, output_mask);
-  const at::Tensor &gz = in.gz, &ga = in.ga, &gs = in.gs;
-  if (in.done) return {gz, ga, gs};
-  const at::Tensor &x = in.x, &z = in.z;
-  const bool want_gz = in.want_gz, want_sums = in.want_sums;
+  if (in.done) return in.outputs();
   const int64_t B = in.B, D = in.D;
-  const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
-  TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
+  const int64_t chunks = reduce_chunks("vdm_fast::recon_nll_backward", B, D);
   at::Tensor partial = at::empty({B, chunks, 2}, x0.options().dtype(at::kDouble));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "recon_nll_backward_cuda", [&] {
     using acc = acc_t<scalar_t>;
+    const ReconNllPtrs<scalar_t> p = recon_nll_backward_ptrs<scalar_t>(in, grad, alpha, sigma);
     recon_nll_backward_kernel<scalar_t, acc><<<static_cast<unsigned int>(B * chunks), kThreads, 0, stream>>>(
-        want_gz ? gz.mutable_data_ptr<scalar_t>() : nullptr, grad.const_data_ptr<acc>(),
-        x.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), alpha.const_data_ptr<acc>(),
-        sigma.const_data_ptr<acc>(), D, chunks, partial.mutable_data_ptr<double>());
+        p.gz, p.grad, p.x, p.z, p.alpha, p.sigma, D, chunks, partial.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  if (want_sums) {
+  if (in.want_sums) {
     const at::Tensor sums = partial.sum(1);  // (B, 2), reduced in a fixed order
-    if (output_mask[1]) ga.copy_(sums.select(1, 0) * grad);
-    if (output_mask[2]) gs.copy_(sums.select(1, 1) * grad);
+    if (in.want_ga) in.ga.copy_(sums.select(1, 0) * grad);
+    if (in.want_gs) in.gs.copy_(sums.select(1, 1) * grad);
   }
-  return {gz, ga, gs};
+  return in.outputs();
 }
 
 }  // namespace

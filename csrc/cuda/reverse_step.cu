@@ -127,19 +127,11 @@ at::Tensor reverse_step_cuda(const at::Tensor& z, const at::Tensor& model_out, c
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "reverse_step_cuda", [&] {
     using acc = acc_t<scalar_t>;
     constexpr int W = vec_width<scalar_t>();
-    scalar_t* op = in.out.mutable_data_ptr<scalar_t>();
-    const scalar_t* zp = in.z.const_data_ptr<scalar_t>();
-    const scalar_t* mp = in.model_out.const_data_ptr<scalar_t>();
-    const scalar_t* up = in.flags.cfg ? in.uncond.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* gp = in.flags.cg ? in.grad.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* np = in.flags.noise == NoiseSource::kTensor ? in.noise.const_data_ptr<scalar_t>() : nullptr;
-    const acc* cp = in.coeffs.const_data_ptr<acc>();
-    const acc* wp = in.flags.cfg ? in.guidance_scale.const_data_ptr<acc>() : nullptr;
-    const acc* gsp = in.flags.cg ? in.grad_scale.const_data_ptr<acc>() : nullptr;
-    const acc clip_v = static_cast<acc>(in.clip);
+    const StepPtrs<scalar_t> p = step_ptrs<scalar_t>(in);
     const int64_t N = in.out.numel();
-    const bool vec = in.D % W == 0 && aligned16(op) && aligned16(zp) && aligned16(mp) && (!up || aligned16(up)) &&
-                     (!gp || aligned16(gp)) && (!np || aligned16(np));
+    const bool vec = in.D % W == 0 && aligned16(p.out) && aligned16(p.z) && aligned16(p.model_out) &&
+                     (!p.uncond || aligned16(p.uncond)) && (!p.grad || aligned16(p.grad)) &&
+                     (!p.noise || aligned16(p.noise));
     dispatch_step_flags(in.flags, [&](auto cfg, auto cg, auto clp, auto noi) {
       constexpr bool CFG = decltype(cfg)::value, CG = decltype(cg)::value;
       constexpr bool CLIP = decltype(clp)::value;
@@ -150,20 +142,24 @@ at::Tensor reverse_step_cuda(const at::Tensor& z, const at::Tensor& model_out, c
         const auto aligned4 = [](const void* p) {
           return reinterpret_cast<uintptr_t>(p) % (4 * sizeof(scalar_t)) == 0;
         };
-        if (in.D % 4 == 0 && aligned4(op) && aligned4(zp) && aligned4(mp) && (!up || aligned4(up)) &&
-            (!gp || aligned4(gp))) {
+        if (in.D % 4 == 0 && aligned4(p.out) && aligned4(p.z) && aligned4(p.model_out) &&
+            (!p.uncond || aligned4(p.uncond)) && (!p.grad || aligned4(p.grad))) {
           reverse_step_philox_kernel<scalar_t, acc, true, CFG, CG, CLIP><<<grid_for(n_blocks), kThreads, 0, stream>>>(
-              op, zp, mp, up, gp, cp, wp, gsp, clip_v, ps, in.offset, in.B, in.D, N, n_blocks);
+              p.out, p.z, p.model_out, p.uncond, p.grad, p.coeffs, p.guidance_scale, p.grad_scale, p.clip, ps,
+              in.offset, in.B, in.D, N, n_blocks);
         } else {
           reverse_step_philox_kernel<scalar_t, acc, false, CFG, CG, CLIP><<<grid_for(n_blocks), kThreads, 0, stream>>>(
-              op, zp, mp, up, gp, cp, wp, gsp, clip_v, ps, in.offset, in.B, in.D, N, n_blocks);
+              p.out, p.z, p.model_out, p.uncond, p.grad, p.coeffs, p.guidance_scale, p.grad_scale, p.clip, ps,
+              in.offset, in.B, in.D, N, n_blocks);
         }
       } else if (vec) {
         reverse_step_kernel<scalar_t, acc, W, CFG, CG, CLIP, NOISE><<<grid_for(N / W), kThreads, 0, stream>>>(
-            op, zp, mp, up, gp, np, cp, wp, gsp, clip_v, in.B, in.D, N / W);
+            p.out, p.z, p.model_out, p.uncond, p.grad, p.noise, p.coeffs, p.guidance_scale, p.grad_scale, p.clip,
+            in.B, in.D, N / W);
       } else {
         reverse_step_kernel<scalar_t, acc, 1, CFG, CG, CLIP, NOISE><<<grid_for(N), kThreads, 0, stream>>>(
-            op, zp, mp, up, gp, np, cp, wp, gsp, clip_v, in.B, in.D, N);
+            p.out, p.z, p.model_out, p.uncond, p.grad, p.noise, p.coeffs, p.guidance_scale, p.grad_scale, p.clip,
+            in.B, in.D, N);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

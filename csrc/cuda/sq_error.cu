@@ -24,9 +24,7 @@ __global__ void sq_error_kernel(const scalar_t* __restrict__ p, const scalar_t* 
                                 double* __restrict__ partial) {
   using V = Vec<scalar_t, VEC>;
   __shared__ acc_t shared[kThreads / 32];
-  const int64_t b = blockIdx.x / chunks, c = blockIdx.x % chunks;
-  const int64_t begin = b * D + c * kReduceChunk;
-  const int64_t end = b * D + min(D, (c + 1) * kReduceChunk);
+  const auto [b, begin, end] = reduce_chunk(D, chunks);
   const TargetCoeffs<acc_t> tc = target_coeffs<T, acc_t>(alpha[b], sigma[b]);
   acc_t sum = 0;
   for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * VEC; i < end; i += static_cast<int64_t>(blockDim.x) * VEC) {
@@ -45,17 +43,6 @@ __global__ void sq_error_kernel(const scalar_t* __restrict__ p, const scalar_t* 
   if (threadIdx.x == 0) partial[blockIdx.x] = static_cast<double>(sum);
 }
 
-// out[b] = sum over chunks of partial[b, c], in chunk order.
-template <typename acc_t>
-__global__ void sum_chunks_kernel(acc_t* __restrict__ out, const double* __restrict__ partial, int64_t B,
-                                  int64_t chunks) {
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= B) return;
-  double s = 0;
-  for (int64_t c = 0; c < chunks; ++c) s += partial[b * chunks + c];
-  out[b] = static_cast<acc_t>(s);
-}
-
 // Writes gp = kp*r, gx = kx*r, gn = kn*r (each when its pointer is non-null; k* per sample) and,
 // when want_sums, the block's partial sums of r*x0 and r*noise to partial[(b*chunks + c)*2 + 0:2].
 template <int T, typename scalar_t, typename acc_t, int VEC>
@@ -67,9 +54,7 @@ __global__ void sq_error_backward_kernel(scalar_t* __restrict__ gp, scalar_t* __
                                          double* __restrict__ partial) {
   using V = Vec<scalar_t, VEC>;
   __shared__ acc_t shared[kThreads / 32];
-  const int64_t b = blockIdx.x / chunks, c = blockIdx.x % chunks;
-  const int64_t begin = b * D + c * kReduceChunk;
-  const int64_t end = b * D + min(D, (c + 1) * kReduceChunk);
+  const auto [b, begin, end] = reduce_chunk(D, chunks);
   const TargetCoeffs<acc_t> tc = target_coeffs<T, acc_t>(alpha[b], sigma[b]);
   const acc_t kp = acc_t(2) * up[b], kx = -kp * tc.tx, kn = -kp * tc.tn;
   acc_t srx = 0, srn = 0;
@@ -120,101 +105,77 @@ __global__ void sq_error_param_grads_kernel(acc_t* __restrict__ ga, acc_t* __res
   if (gs) gs[b] = static_cast<acc_t>(k * (tc.dtx_ds * srx + tc.dtn_ds * srn));
 }
 
-unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
-
 at::Tensor sq_error_cuda(const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& noise,
                          const at::Tensor& alpha, const at::Tensor& sigma, c10::string_view target_name) {
-  constexpr const char* op = "vdm_fast::sq_error";
   const c10::cuda::CUDAGuard guard(pred.device());
   const SqErrorInputs in = prepare_sq_error(pred, x0, noise, alpha, sigma, target_name);
-  const at::Tensor& out = in.out;
-  if (pred.numel() == 0) return out;
-  const at::Tensor &p = in.p, &x = in.x, &n = in.n;
-  const Target target = in.target;
+  if (pred.numel() == 0) return in.out;
   const int64_t B = in.B, D = in.D;
-  const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
-  TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
+  const int64_t chunks = reduce_chunks("vdm_fast::sq_error", B, D);
   at::Tensor partial = at::empty({B, chunks}, pred.options().dtype(at::kDouble));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "sq_error_cuda", [&] {
     using acc = acc_t<scalar_t>;
     constexpr int W = vec_width<scalar_t>();
-    const scalar_t* pp = p.const_data_ptr<scalar_t>();
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* np = n.const_data_ptr<scalar_t>();
-    const bool vec = D % W == 0 && aligned16(pp) && aligned16(xp) && aligned16(np);
-    dispatch_target(target, [&](auto tag) {
+    const SqErrorPtrs<scalar_t> ptr = sq_error_ptrs<scalar_t>(in, alpha, sigma);
+    const bool vec = D % W == 0 && aligned16(ptr.p) && aligned16(ptr.x) && aligned16(ptr.n);
+    dispatch_target(in.target, [&](auto tag) {
       constexpr int T = decltype(tag)::value;
       const auto grid = static_cast<unsigned int>(B * chunks);
       if (vec) {
         sq_error_kernel<T, scalar_t, acc, W><<<grid, kThreads, 0, stream>>>(
-            pp, xp, np, alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), D, chunks,
-            partial.mutable_data_ptr<double>());
+            ptr.p, ptr.x, ptr.n, ptr.alpha, ptr.sigma, D, chunks, partial.mutable_data_ptr<double>());
       } else {
         sq_error_kernel<T, scalar_t, acc, 1><<<grid, kThreads, 0, stream>>>(
-            pp, xp, np, alpha.const_data_ptr<acc>(), sigma.const_data_ptr<acc>(), D, chunks,
-            partial.mutable_data_ptr<double>());
+            ptr.p, ptr.x, ptr.n, ptr.alpha, ptr.sigma, D, chunks, partial.mutable_data_ptr<double>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    sum_chunks_kernel<acc><<<blocks_for(B), kThreads, 0, stream>>>(out.mutable_data_ptr<acc>(),
-                                                                  partial.const_data_ptr<double>(), B, chunks);
+    sum_chunks_kernel<acc><<<blocks_for(B), kThreads, 0, stream>>>(in.out.mutable_data_ptr<acc>(),
+                                                                  partial.const_data_ptr<double>(), B, chunks, 1.0);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return in.out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sq_error_backward_cuda(
     const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& noise,
     const at::Tensor& alpha, const at::Tensor& sigma, c10::string_view target_name, std::array<bool, 5> output_mask) {
-  constexpr const char* op = "vdm_fast::sq_error_backward";
   const c10::cuda::CUDAGuard guard(pred.device());
   const SqErrorBackwardInputs in =
       prepare_sq_error_backward(grad, pred, x0, noise, alpha, sigma, target_name, output_mask);
-  const at::Tensor &gp = in.gp, &gx = in.gx, &gn = in.gn, &ga = in.ga, &gs = in.gs;
-  if (in.done) return {gp, gx, gn, ga, gs};
-  const at::Tensor &p = in.p, &x = in.x, &n = in.n;
-  const Target target = in.target;
-  const bool want_gp = in.want_gp, want_gx = in.want_gx, want_gn = in.want_gn, want_sums = in.want_sums;
+  if (in.done) return in.outputs();
   const int64_t B = in.B, D = in.D;
-  const int64_t chunks = (D + kReduceChunk - 1) / kReduceChunk;
-  TORCH_CHECK(B * chunks < (int64_t(1) << 31), op, ": tensor too large for one launch");
+  const int64_t chunks = reduce_chunks("vdm_fast::sq_error_backward", B, D);
   at::Tensor partial = at::empty({B, chunks, 2}, pred.options().dtype(at::kDouble));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "sq_error_backward_cuda", [&] {
     using acc = acc_t<scalar_t>;
     constexpr int W = vec_width<scalar_t>();
-    const scalar_t* pp = p.const_data_ptr<scalar_t>();
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* np = n.const_data_ptr<scalar_t>();
-    scalar_t* gpp = want_gp ? gp.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gxp = want_gx ? gx.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gnp = want_gn ? gn.mutable_data_ptr<scalar_t>() : nullptr;
-    const bool vec = D % W == 0 && aligned16(pp) && aligned16(xp) && aligned16(np) && (!gpp || aligned16(gpp)) &&
-                     (!gxp || aligned16(gxp)) && (!gnp || aligned16(gnp));
-    const acc* up = grad.const_data_ptr<acc>();
-    const acc* ap = alpha.const_data_ptr<acc>();
-    const acc* sp = sigma.const_data_ptr<acc>();
-    dispatch_target(target, [&](auto tag) {
+    const SqErrorPtrs<scalar_t> ptr = sq_error_backward_ptrs<scalar_t>(in, grad, alpha, sigma);
+    const bool vec = D % W == 0 && aligned16(ptr.p) && aligned16(ptr.x) && aligned16(ptr.n) &&
+                     (!ptr.gp || aligned16(ptr.gp)) && (!ptr.gx || aligned16(ptr.gx)) && (!ptr.gn || aligned16(ptr.gn));
+    dispatch_target(in.target, [&](auto tag) {
       constexpr int T = decltype(tag)::value;
       const auto grid = static_cast<unsigned int>(B * chunks);
       if (vec) {
         sq_error_backward_kernel<T, scalar_t, acc, W><<<grid, kThreads, 0, stream>>>(
-            gpp, gxp, gnp, up, pp, xp, np, ap, sp, D, chunks, want_sums, partial.mutable_data_ptr<double>());
+            ptr.gp, ptr.gx, ptr.gn, ptr.up, ptr.p, ptr.x, ptr.n, ptr.alpha, ptr.sigma, D, chunks, in.want_sums,
+            partial.mutable_data_ptr<double>());
       } else {
         sq_error_backward_kernel<T, scalar_t, acc, 1><<<grid, kThreads, 0, stream>>>(
-            gpp, gxp, gnp, up, pp, xp, np, ap, sp, D, chunks, want_sums, partial.mutable_data_ptr<double>());
+            ptr.gp, ptr.gx, ptr.gn, ptr.up, ptr.p, ptr.x, ptr.n, ptr.alpha, ptr.sigma, D, chunks, in.want_sums,
+            partial.mutable_data_ptr<double>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      if (want_sums) {
+      if (in.want_sums) {
         sq_error_param_grads_kernel<T, acc><<<blocks_for(B), kThreads, 0, stream>>>(
-            output_mask[3] ? ga.mutable_data_ptr<acc>() : nullptr, output_mask[4] ? gs.mutable_data_ptr<acc>() : nullptr,
-            partial.const_data_ptr<double>(), up, ap, sp, B, chunks);
+            ptr.ga, ptr.gs, partial.const_data_ptr<double>(), ptr.up, ptr.alpha, ptr.sigma, B, chunks);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });
   });
-  return {gp, gx, gn, ga, gs};
+  return in.outputs();
 }
 
 }  // namespace

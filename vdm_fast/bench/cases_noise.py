@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import backends, reference
-from ..ops.noise import randn_like
+from ..ops.randn_like import randn_like
 from ..ops.q_sample_randn import q_sample_randn
 from .harness import Case
 
@@ -61,6 +61,10 @@ def _q_sample_randn_case(shape, device: str, compiled_ref) -> Case:
         providers["diffusers"] = diff
     nbytes = 3 * x0.numel() * x0.element_size()  # read x0, write z and the noise
     return Case("q_sample_randn", f"{tuple(shape)} fp32", nbytes, providers, device=device, ours=tuple(ours))
+
+
+# The ops whose benchmarks this module writes by hand (vdm-fast bench derives the others').
+OPS = ("randn_like", "q_sample_randn")
 
 
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:

@@ -44,6 +44,10 @@ def _case(shape, device: str, compiled_ref) -> Case:
     return Case("q_sample", f"{tuple(shape)} fp32", nbytes, providers, device=device, ours=tuple(ours))
 
 
+# The ops whose benchmarks this module writes by hand (vdm-fast bench derives the others').
+OPS = ("q_sample",)
+
+
 def cases(device: str = "cpu", quick: bool = False, dram: bool = True) -> list[Case]:
     shapes = QUICK_SHAPES if quick else SHAPES + ([DRAM_SHAPE] if dram else [])
     compiled_ref = torch.compile(reference.q_sample, dynamic=False)

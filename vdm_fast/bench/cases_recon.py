@@ -102,6 +102,10 @@ CASES = [("recon", v) for v in SIGMAS] + [("recon_fwd_bwd", v) for v in SIGMAS] 
         [("dgauss", "erf"), ("dgauss", "tanh"), ("dgauss_fwd_bwd", "erf")]
 
 
+# The ops whose benchmarks this module writes by hand (vdm-fast bench derives the others').
+OPS = ("recon_nll", "discretized_gaussian_nll")
+
+
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
     shapes = QUICK_SHAPES if quick else SHAPES
     compiled = _compiled()

@@ -168,6 +168,10 @@ KINDS = ("ddim eta=1 clip, noise given", "ddim eta=1 clip, noise given, cfg", "d
          "ddpm clip, noise drawn, cfg", "ddim eta=0")
 
 
+# The ops whose benchmarks this module writes by hand (vdm-fast bench derives the others').
+OPS = ("reverse_step",)
+
+
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
     shapes = QUICK_SHAPES if quick else SHAPES
     compiled_ref = torch.compile(reference.reverse_step, dynamic=False)

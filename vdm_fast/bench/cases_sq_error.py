@@ -88,6 +88,10 @@ def _loss_step_case(shape, device: str, compiled_step) -> Case:
                 ours=tuple(ours))
 
 
+# The ops whose benchmarks this module writes by hand (vdm-fast bench derives the others').
+OPS = ("sq_error",)
+
+
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
     shapes = QUICK_SHAPES if quick else SHAPES
     compiled_ref = torch.compile(reference.sq_error, dynamic=False)

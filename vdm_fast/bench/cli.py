@@ -7,6 +7,7 @@ import json
 import os
 import pkgutil
 import platform
+import types
 import warnings
 
 import torch
@@ -15,13 +16,23 @@ from . import harness
 
 
 def case_modules() -> dict[str, object]:
-    """op name -> its ``vdm_fast.bench.cases_<op>`` module."""
+    """name -> an object with ``cases(device, quick[, dram])``: the modules ``vdm_fast.bench.cases_<name>``
+    (ops with baselines of their own, and whole steps such as elbo and diffusers), and for every
+    other op the cases derived from its declaration (cases_spec.py)."""
     import vdm_fast.bench as pkg
+    from vdm_fast.ops import SPECS
+
+    from . import cases_spec
 
     found = {}
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.startswith("cases_"):
+        if info.name.startswith("cases_") and info.name != "cases_spec":
             found[info.name[len("cases_"):]] = importlib.import_module(f"vdm_fast.bench.{info.name}")
+    covered = {op for module in found.values() for op in module.OPS}
+    for name, spec in SPECS.items():
+        if name not in covered:
+            found[name] = types.SimpleNamespace(cases=lambda device, quick, spec=spec: cases_spec.cases_for(spec, device,
+                                                                                                       quick))
     return found
 
 

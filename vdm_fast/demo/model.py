@@ -23,6 +23,7 @@ import math
 import torch
 from torch import nn
 
+from .. import parameterization
 from .data import NUM_CLASSES
 
 LEVELS = 256
@@ -58,7 +59,7 @@ class Denoiser(nn.Module):
 
     def forward(self, z: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         shape, batch = z.shape, z.shape[0]
-        alpha2, sigma2 = torch.sigmoid(log_snr)[:, None], torch.sigmoid(-log_snr)[:, None]
+        alpha2, sigma2 = (c[:, None] for c in parameterization.alpha_sigma_squared(-log_snr))
         zf = z.reshape(batch, self.dim)
         scaled = zf * torch.rsqrt(alpha2 * 0.25 + sigma2)  # roughly unit variance at every noise level
         h = self.inp(torch.cat([scaled, self.time(log_snr), self.label(labels)], dim=1))

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import elbo as elbo_mod
-from .. import guidance, samplers
+from .. import guidance, parameterization, samplers
 from ..schedules import LearnedLinearGamma
 from . import checkpoint, data
 from .baseline import PerPixelCategorical
@@ -136,7 +136,7 @@ def sample(vdm: VDM, per_class: int, steps: int, guidance_scale: float, seed: in
     z0 = samplers.sample_ancestral(model, z, vdm.schedule, times, guidance_scale=guidance_scale, clip=1.0,
                                    generator=gen)
     # Decode: the most likely 8-bit value given z_0 is the bin centre nearest z_0 / alpha_0.
-    alpha0 = torch.sigmoid(-vdm.schedule.gamma(torch.zeros(1, device=device))).sqrt()
+    alpha0 = parameterization.alpha_sigma(vdm.schedule.gamma(torch.zeros(1, device=device)))[0]
     return data.from_model_space((z0 / alpha0).cpu())
 
 

@@ -4,9 +4,24 @@
 z_next = c_z z + c_m m + c_x x̂ + c_n n. Each function here takes float64 tensors over a batch
 of timesteps (alphas_cumprod at t and at the previous timestep) and returns the rows of that
 form, plus the rows that make ``reverse_step`` return x̂ itself (a_z, a_m, 0, 0, 1, 0), which is
-how ``pred_original_sample`` is produced. The formulas are diffusers' (DDPM paper eqs. 6-7 and
-15, DDIM paper eqs. 12 and 16) rearranged so that everything multiplying a tensor is a
-per-sample scalar; no diffusers import, so the fp64 "truth" in the tests can reuse them.
+how ``pred_original_sample`` is produced. No diffusers import, so the float64 "truth" in the tests
+can reuse them.
+
+The steps are the samplers' own builders (``vdm_fast.coefficients``, DESIGN.md §5) on the levels
+gamma = log((1 - alpha_bar) / alpha_bar) of diffusers' table: DDPM's posterior mean and variance
+(DDPM eqs. 6-7) are ``ancestral_coeffs``, DDIM(eta) (DDIM eqs. 12 and 16) is ``ddim_coeffs``. What
+is diffusers' own is kept here (DESIGN.md §8):
+
+- a missing previous timestep is alpha_bar = 1 (DDPM; DDIM with ``set_alpha_to_one``) or
+  ``final_alpha_cumprod`` (the caller passes it as ``ab_prev``);
+- DDPM adds noise only where t > 0, and its variances are: the posterior variance clamped at
+  1e-20 (``fixed_small``, ``fixed_small_log``: diffusers takes its log), beta_t = 1 -
+  alpha_bar_t / alpha_bar_prev (``fixed_large``, and ``fixed_large_log``, GLIDE's max_log, as
+  std sqrt(beta_t) where diffusers' step is NaN), beta_t also on a step to alpha_bar_prev = 1 with
+  t > 0 (an offset grid's last step), where the samplers' "beta" variance is 0;
+- the learned variances multiply the noise per element outside this table (noise row 1, and the
+  log-variance bounds of ``learned_range`` in rows 12-13);
+- without clipping or thresholding, x̂ is folded into the z and m rows (``_table``).
 
 Row layout of a table (ROWS x B, float64):
   0-5   step coefficients (a_z, a_m, c_z, c_m, c_x, c_n)
@@ -18,23 +33,24 @@ from __future__ import annotations
 
 import torch
 
+from ..coefficients import ancestral_coeffs, ddim_coeffs
+from ..parameterization import gamma_from_alpha_bar, one_minus_alpha_sq_ratio
+
 ROWS = 14
 STEP, X0, MIN_LOG, MAX_LOG = slice(0, 6), slice(6, 12), 12, 13
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+# diffusers' prediction_type -> the parameterization of DESIGN.md §2
+PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 LEARNED = ("learned", "learned_range")
 
 
-def x0_rows(prediction_type: str, sqrt_ab: torch.Tensor, sqrt_one_minus_ab: torch.Tensor):
-    """(a_z, a_m) with x̂ = a_z z + a_m m for each parameterization (DDPM eq. 15; v: Salimans & Ho)."""
-    if prediction_type == "epsilon":  # x̂ = (z - sqrt(1 - abar) eps) / sqrt(abar)
-        return 1.0 / sqrt_ab, -sqrt_one_minus_ab / sqrt_ab
-    if prediction_type == "sample":
-        return torch.zeros_like(sqrt_ab), torch.ones_like(sqrt_ab)
-    if prediction_type == "v_prediction":  # x̂ = sqrt(abar) z - sqrt(1 - abar) v
-        return sqrt_ab, -sqrt_one_minus_ab
-    raise ValueError(f"prediction_type given as {prediction_type} must be one of {', '.join(PREDICTION_TYPES)}")
+def _parameterization(prediction_type: str) -> str:
+    try:
+        return PREDICTION_TYPES[prediction_type]
+    except KeyError:
+        raise ValueError(f"prediction_type given as {prediction_type} must be one of "
+                         f"{', '.join(PREDICTION_TYPES)}") from None
 
 
 def _table(a_z, a_m, c_z, c_m, c_x, c_n, min_log=None, max_log=None, fold: bool = False) -> torch.Tensor:
@@ -59,13 +75,12 @@ def ddpm(ab: torch.Tensor, ab_prev: torch.Tensor, t: torch.Tensor, prediction_ty
     """
     if variance_type not in VARIANCE_TYPES:
         raise ValueError(f"variance_type given as {variance_type} must be one of {', '.join(VARIANCE_TYPES)}")
-    a_z, a_m = x0_rows(prediction_type, ab.sqrt(), (1 - ab).sqrt())
-    alpha_t = ab / ab_prev
-    beta_t = 1 - alpha_t
-    c_x = ab_prev.sqrt() * beta_t / (1 - ab)  # coefficient of x̂ in the posterior mean
-    c_z = alpha_t.sqrt() * (1 - ab_prev) / (1 - ab)  # coefficient of z_t
-    # Posterior variance, clamped as diffusers does because its log is taken.
-    variance = ((1 - ab_prev) / (1 - ab) * beta_t).clamp(min=1e-20)
+    g_t, g_prev = gamma_from_alpha_bar(ab), gamma_from_alpha_bar(ab_prev)
+    a_z, a_m, c_z, c_m, c_x, posterior_std = ancestral_coeffs(g_t, g_prev, _parameterization(prediction_type),
+                                                               "posterior").unbind(-2)
+    # The posterior variance, clamped as diffusers does because its log is taken.
+    variance = (posterior_std * posterior_std).clamp(min=1e-20)
+    beta_t = one_minus_alpha_sq_ratio(g_t, g_prev)
     if variance_type in ("fixed_small", "fixed_small_log"):
         std = variance.sqrt()  # fixed_small_log: exp(log(var) / 2), the same number
     elif variance_type in ("fixed_large", "fixed_large_log"):
@@ -76,7 +91,7 @@ def ddpm(ab: torch.Tensor, ab_prev: torch.Tensor, t: torch.Tensor, prediction_ty
     else:
         std = torch.ones_like(beta_t)
     c_n = torch.where(t > 0, std, torch.zeros_like(std))
-    return _table(a_z, a_m, c_z, torch.zeros_like(c_z), c_x, c_n, variance.log(), beta_t.log(), fold=fold)
+    return _table(a_z, a_m, c_z, c_m, c_x, c_n, variance.log(), beta_t.log(), fold=fold)
 
 
 def ddim(ab: torch.Tensor, ab_prev: torch.Tensor, prediction_type: str, eta: float,
@@ -87,25 +102,6 @@ def ddim(ab: torch.Tensor, ab_prev: torch.Tensor, prediction_type: str, eta: flo
     z_next = sqrt(ab_prev) x̂ + sqrt(1 - ab_prev - std^2) ε̂ + std n, with ε̂ written in z and m
     (or in z and the clipped x̂ when ``use_clipped_model_output``, as GLIDE re-derives it).
     """
-    sqrt_ab, sqrt_one_minus_ab = ab.sqrt(), (1 - ab).sqrt()
-    a_z, a_m = x0_rows(prediction_type, sqrt_ab, sqrt_one_minus_ab)
-    variance = (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
-    std = eta * variance.sqrt()
-    dir2 = 1 - ab_prev - std**2
-    if eta <= 1:
-        dir2 = dir2.clamp(min=0)  # rounding only: the exact value is (1-ab_prev)(ab_prev-ab)/(ab_prev(1-ab)) >= 0
-    direction = dir2.sqrt()  # coefficient of ε̂ ("direction pointing to x_t")
-    zero = torch.zeros_like(ab)
-    if use_clipped_model_output:  # ε̂ = (z - sqrt(ab) x̂_clipped) / sqrt(1 - ab)
-        c_z, c_m = direction / sqrt_one_minus_ab, zero
-        c_x = ab_prev.sqrt() - direction * sqrt_ab / sqrt_one_minus_ab
-    else:
-        if prediction_type == "epsilon":
-            e_z, e_m = zero, torch.ones_like(ab)
-        elif prediction_type == "sample":  # ε̂ = (z - sqrt(ab) m) / sqrt(1 - ab)
-            e_z, e_m = 1 / sqrt_one_minus_ab, -sqrt_ab / sqrt_one_minus_ab
-        else:  # v_prediction: ε̂ = sqrt(ab) v + sqrt(1 - ab) z
-            e_z, e_m = sqrt_one_minus_ab, sqrt_ab
-        c_z, c_m, c_x = direction * e_z, direction * e_m, ab_prev.sqrt()
-    c_n = std if eta > 0 else zero
-    return _table(a_z, a_m, c_z, c_m, c_x, c_n, fold=fold)
+    step = ddim_coeffs(gamma_from_alpha_bar(ab), gamma_from_alpha_bar(ab_prev), _parameterization(prediction_type),
+                       eta, use_clipped_model_output)
+    return _table(*step.unbind(-2), fold=fold)

@@ -102,6 +102,17 @@ def _same_state(a: tuple, b: tuple) -> bool:
 class _FusedReverseStep:
     """The machinery both ``step`` methods share: coefficient tables, timestep lookup, checks."""
 
+    def _vdm_step_output(self, sample, model_output, cols, clip, noise, return_dict, output_cls):
+        """diffusers' step result from the coefficient table's columns: x_{t-1} (the step row, with the
+        noise) and the predicted x0 (the x0 row), each one fused pass."""
+        prev_sample = reverse_step(sample, model_output, cols[coeffs.STEP], clip=clip, noise=noise,
+                                   backend=self.vdm_fast_backend)
+        pred_original_sample = reverse_step(sample, model_output, cols[coeffs.X0], clip=clip,
+                                            backend=self.vdm_fast_backend)
+        if not return_dict:
+            return (prev_sample, pred_original_sample)
+        return output_cls(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
     def _vdm_state(self) -> tuple:
         """Everything the coefficient table depends on besides the device and the step's arguments."""
         return (self._vdm_schedule(), self.timesteps, self.num_inference_steps,
@@ -283,13 +294,7 @@ class DDPMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDPMSche
                                  dtype=model_output.dtype)
             if learned:
                 noise = self._vdm_learned_noise(cols, predicted_variance, noise)
-        prev_sample = reverse_step(sample, model_output, cols[coeffs.STEP], clip=clip, noise=noise,
-                                   backend=self.vdm_fast_backend)
-        pred_original_sample = reverse_step(sample, model_output, cols[coeffs.X0], clip=clip,
-                                            backend=self.vdm_fast_backend)
-        if not return_dict:
-            return (prev_sample, pred_original_sample)
-        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        return self._vdm_step_output(sample, model_output, cols, clip, noise, return_dict, DDPMSchedulerOutput)
 
     def _vdm_learned_noise(self, cols, predicted_variance, noise):
         """std * noise, per element, for the learned variance types (the noise row of the table is 1)."""
@@ -360,13 +365,7 @@ class DDIMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDIMSche
                                      dtype=model_output.dtype)
             else:
                 noise = _checks.same_as(op, "variance_noise", variance_noise, sample, "sample")
-        prev_sample = reverse_step(sample, model_output, cols[coeffs.STEP], clip=clip, noise=noise,
-                                   backend=self.vdm_fast_backend)
-        pred_original_sample = reverse_step(sample, model_output, cols[coeffs.X0], clip=clip,
-                                            backend=self.vdm_fast_backend)
-        if not return_dict:
-            return (prev_sample, pred_original_sample)
-        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        return self._vdm_step_output(sample, model_output, cols, clip, noise, return_dict, DDIMSchedulerOutput)
 
 
 __all__ = ["DDPMScheduler", "DDIMScheduler"]

@@ -9,57 +9,25 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks, backends, reference
-from .._layout import empty_out_like
-from ._registry import Implementations, native_defined, triton_kernels
-
-NAME = "prior_kl"
-impls = Implementations(NAME, {"reference": reference.prior_kl})
+from .. import reference
+from ._spec import COEFF, DATA, PER_SAMPLE, Arg, OpSpec, normal, uniform
 
 
-def _fake_forward(x0, alpha_1, sigma_1):
-    return alpha_1.new_empty(x0.shape[0])
+def sample_inputs(shape, dtype, device, generator):
+    """Standard normal data; alpha_1 small and sigma_1 away from 1, as at the end of a schedule (near
+    sigma_1 = 1 the value cancels: tests/test_prior_kl.py::test_sigma_near_one covers it)."""
+    return (normal(shape, dtype, device, generator), uniform(shape[0], 0.05, 0.35, dtype, device, generator),
+            uniform(shape[0], 0.2, 0.7, dtype, device, generator))
 
 
-def _fake_backward(grad, x0, alpha_1, sigma_1, output_mask):
-    want_gx, want_ga, want_gs = output_mask
-    return (
-        empty_out_like(x0) if want_gx else x0.new_empty(0),
-        alpha_1.new_empty(alpha_1.shape) if want_ga else alpha_1.new_empty(0),
-        sigma_1.new_empty(sigma_1.shape) if want_gs else sigma_1.new_empty(0),
-    )
-
-
-def _attach_autograd(forward_op, backward_op) -> None:
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def backward(ctx, grad):
-        x0, alpha_1, sigma_1 = ctx.saved_tensors
-        mask = list(ctx.needs_input_grad)
-        grads = backward_op(grad.contiguous(), x0, alpha_1, sigma_1, mask)
-        return tuple(g if need else None for g, need in zip(grads, mask))
-
-    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
-
-
-if native_defined(NAME):
-    torch.library.register_fake("vdm_fast::prior_kl")(_fake_forward)
-    torch.library.register_fake("vdm_fast::prior_kl_backward")(_fake_backward)
-    # Autograd of the native op is registered in C++ (csrc/prior_kl.cpp).
-    impls.table["cpu"] = impls.table["cuda"] = torch.ops.vdm_fast.prior_kl.default
-
-_tk = triton_kernels(NAME)
-if _tk is not None:
-    prior_kl_triton = torch.library.triton_op("vdm_fast::prior_kl_triton", _tk.prior_kl, mutates_args=())
-    prior_kl_backward_triton = torch.library.triton_op(
-        "vdm_fast::prior_kl_backward_triton", _tk.prior_kl_backward, mutates_args=()
-    )
-    # Explicit fakes: the Triton interpreter cannot run on fake tensors (see q_sample).
-    prior_kl_triton.register_fake(_fake_forward)
-    prior_kl_backward_triton.register_fake(_fake_backward)
-    _attach_autograd(prior_kl_triton, prior_kl_backward_triton)
-    impls.table["triton"] = prior_kl_triton
+SPEC = OpSpec(
+    "prior_kl",
+    args=(Arg("x0", DATA, grad=True), Arg("alpha_1", COEFF, grad=True),
+          Arg("sigma_1", COEFF, grad=True, positive=True)),
+    outputs=(PER_SAMPLE,),
+    reference=reference.prior_kl,
+    sample_inputs=sample_inputs,
+).register()
 
 
 def prior_kl(x0: torch.Tensor, alpha_1, sigma_1, *, backend: str | None = None) -> torch.Tensor:
@@ -73,9 +41,4 @@ def prior_kl(x0: torch.Tensor, alpha_1, sigma_1, *, backend: str | None = None) 
     Returns:
         (B,) in float32 (float64 for float64 data); differentiable in x0, alpha_1, sigma_1.
     """
-    _checks.data(NAME, "x0", x0)
-    batch, cdt = x0.shape[0], _checks.compute_dtype(x0.dtype)
-    alpha_1 = _checks.per_sample(NAME, "alpha_1", alpha_1, batch, x0.device, cdt)
-    sigma_1 = _checks.per_sample(NAME, "sigma_1", sigma_1, batch, x0.device, cdt)
-    _checks.positive(NAME, "sigma_1", sigma_1)
-    return impls(backends.resolve(backend, x0.device, NAME))(x0, alpha_1, sigma_1)
+    return SPEC(x0, alpha_1, sigma_1, backend=backend)

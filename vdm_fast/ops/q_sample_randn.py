@@ -11,31 +11,36 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks, backends, reference
-from .._layout import empty_out_like
-from ._registry import Implementations, native_defined, triton_kernels
-from .noise import draw_seed
+from .. import reference
+from ._spec import COEFF, DATA, GENERATOR, LIKE_DATA, Arg, OpSpec, normal, uniform
+from . import q_sample as _q_sample  # noqa: F401  (registers q_sample_backward_triton, used below)
 
 NAME = "q_sample_randn"
-impls = Implementations(NAME, {"reference": reference.q_sample_randn})
 
 
-def _fake(x0, alpha, sigma, seed, offset):
-    return empty_out_like(x0), empty_out_like(x0)
+def sample_inputs(shape, dtype, device, generator):
+    """Standard normal data, scales in (0, 1), a generator seeded from ``generator``."""
+    return (normal(shape, dtype, device, generator), uniform(shape[0], 0.01, 0.99, dtype, device, generator),
+            uniform(shape[0], 0.01, 0.99, dtype, device, generator),
+            torch.Generator().manual_seed(int(torch.randint(2**31, (), generator=generator))))
 
 
-if native_defined(NAME):
-    torch.library.register_fake("vdm_fast::q_sample_randn")(_fake)
-    # Autograd of the native op is registered in C++ (csrc/q_sample_randn.cpp).
-    impls.table["cpu"] = impls.table["cuda"] = torch.ops.vdm_fast.q_sample_randn.default
+# Differentiable in x0, alpha, sigma through q_sample's backward with the returned noise (the
+# noise is a constant): the native op's autograd is csrc/cpu/q_sample_randn.cpp, the Triton op's
+# is attached below; there is no q_sample_randn_backward.
+SPEC = OpSpec(
+    NAME,
+    args=(Arg("x0", DATA, grad=True), Arg("alpha", COEFF, grad=True), Arg("sigma", COEFF, grad=True),
+          Arg("generator", GENERATOR)),
+    outputs=(LIKE_DATA, LIKE_DATA),
+    reference=reference.q_sample_randn,
+    sample_inputs=sample_inputs,
+    fused_backward=False,
+).register()
 
-_tk = triton_kernels(NAME)
-if _tk is not None:
-    from .q_sample import q_sample_backward_triton  # defined whenever Triton imports
-
-    q_sample_randn_triton = torch.library.triton_op("vdm_fast::q_sample_randn_triton", _tk.q_sample_randn,
-                                                    mutates_args=())
-    q_sample_randn_triton.register_fake(_fake)  # see q_sample.py: the interpreter cannot run on fakes
+if "triton" in SPEC.impls:
+    q_sample_randn_triton = SPEC.impls["triton"]
+    q_sample_backward_triton = torch.ops.vdm_fast.q_sample_backward_triton.default
 
     def _setup_context(ctx, inputs, output):
         x0, alpha, sigma, _seed, _offset = inputs
@@ -44,8 +49,8 @@ if _tk is not None:
     def _backward(ctx, grad_z, grad_noise):
         x0, alpha, sigma, noise = ctx.saved_tensors
         need_x0, need_alpha, need_sigma = ctx.needs_input_grad[:3]
-        gx, _, ga, gs = q_sample_backward_triton(grad_z, x0, noise, alpha, sigma,
-                                                 [need_x0, False, need_alpha, need_sigma])
+        gx, ga, gs, _ = q_sample_backward_triton(grad_z, x0, alpha, sigma, noise,
+                                                 [need_x0, need_alpha, need_sigma, False])
         return gx if need_x0 else None, ga if need_alpha else None, gs if need_sigma else None, None, None
 
     torch.library.register_autograd(q_sample_randn_triton, _backward, setup_context=_setup_context)
@@ -54,7 +59,7 @@ if _tk is not None:
         z, noise = q_sample_randn_triton(x0, alpha, sigma, seed, offset)
         return z, noise.detach()  # a constant, as on the other backends
 
-    impls.table["triton"] = _triton
+    SPEC.impls["triton"] = _triton
 
 
 def q_sample_randn(x0: torch.Tensor, alpha, sigma, generator: torch.Generator | None = None, *,
@@ -76,9 +81,4 @@ def q_sample_randn(x0: torch.Tensor, alpha, sigma, generator: torch.Generator | 
         ``z == q_sample(x0, alpha, sigma, noise)``. z is differentiable in x0, alpha and sigma;
         the noise is a constant.
     """
-    _checks.data(NAME, "x0", x0)
-    batch, cdt = x0.shape[0], _checks.compute_dtype(x0.dtype)
-    alpha = _checks.per_sample(NAME, "alpha", alpha, batch, x0.device, cdt)
-    sigma = _checks.per_sample(NAME, "sigma", sigma, batch, x0.device, cdt)
-    seed = draw_seed(generator, NAME)
-    return impls(backends.resolve(backend, x0.device, NAME))(x0, alpha, sigma, seed, 0)
+    return SPEC(x0, alpha, sigma, generator, backend=backend)

@@ -11,62 +11,34 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks, backends, reference
-from .._layout import empty_out_like
-from ._registry import Implementations, native_defined, triton_kernels
-
-NAME = "recon_nll"
-impls = Implementations(NAME, {"reference": reference.recon_nll})
+from .. import parameterization, reference
+from ._spec import CHOICE, COEFF, DATA, PER_SAMPLE, Arg, OpSpec, normal, uniform
 
 
-def _fake_forward(x0, z0, alpha, sigma, decoder="categorical"):
-    return alpha.new_empty(alpha.shape)
+def sample_inputs(shape, dtype, device, generator):
+    """x0 within 0.3 of a bin width of VDM's bin centres (the nearest bin matters), z0 = alpha_0 x0 +
+    sigma_0 eps with sigma_0 from 1e-3 (a few bins summed) to 0.5 (all 256), gamma_0 uniform per sample."""
+    k = torch.randint(0, 256, shape, generator=generator).double()
+    jitter = 0.3 * (2 * torch.rand(shape, generator=generator, dtype=torch.float64) - 1)
+    x0 = (2 * (k + 0.5 + jitter) / 256 - 1).to(device=device, dtype=dtype)
+    # gamma_0 = log sigma^2 - log alpha^2 from about -13.8 (sigma_0 = 1e-3) to -1.2 (sigma_0 = 0.5)
+    gamma = uniform(shape[0], -13.8, -1.2, torch.float64, "cpu", generator)
+    alpha, sigma = parameterization.alpha_sigma(gamma)
+    view = (shape[0],) + (1,) * (len(shape) - 1)
+    z0 = alpha.reshape(view) * x0.double().cpu() + sigma.reshape(view) * normal(shape, torch.float64, "cpu", generator)
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    return x0, z0.to(device=device, dtype=dtype), alpha.to(device, cdt), sigma.to(device, cdt), "categorical"
 
 
-def _fake_backward(grad, x0, z0, alpha, sigma, decoder, output_mask):
-    want_gz, want_ga, want_gs = output_mask
-    return (
-        empty_out_like(x0) if want_gz else x0.new_empty(0),
-        alpha.new_empty(alpha.shape) if want_ga else alpha.new_empty(0),
-        sigma.new_empty(sigma.shape) if want_gs else sigma.new_empty(0),
-    )
-
-
-def _attach_autograd(forward_op, backward_op) -> None:
-    def setup_context(ctx, inputs, output):
-        x0, z0, alpha, sigma = inputs[:4]
-        ctx.decoder = inputs[4] if len(inputs) > 4 else "categorical"
-        ctx.save_for_backward(x0, z0, alpha, sigma)
-
-    def backward(ctx, grad):
-        x0, z0, alpha, sigma = ctx.saved_tensors
-        # needs_input_grad has one entry per input the op was called with (the decoder may be absent).
-        need_z0, need_alpha, need_sigma = ctx.needs_input_grad[1:4]
-        gz, ga, gs = backward_op(grad.contiguous(), x0, z0, alpha, sigma, ctx.decoder,
-                                 [need_z0, need_alpha, need_sigma])
-        out = [None, gz if need_z0 else None, ga if need_alpha else None, gs if need_sigma else None]
-        return tuple(out + [None] * (len(ctx.needs_input_grad) - 4))
-
-    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
-
-
-if native_defined(NAME):
-    torch.library.register_fake("vdm_fast::recon_nll")(_fake_forward)
-    torch.library.register_fake("vdm_fast::recon_nll_backward")(_fake_backward)
-    # Autograd of the native op is registered in C++ (csrc/recon_nll.cpp).
-    impls.table["cpu"] = impls.table["cuda"] = torch.ops.vdm_fast.recon_nll.default
-
-_tk = triton_kernels(NAME)
-if _tk is not None:
-    recon_nll_triton = torch.library.triton_op("vdm_fast::recon_nll_triton", _tk.recon_nll, mutates_args=())
-    recon_nll_backward_triton = torch.library.triton_op(
-        "vdm_fast::recon_nll_backward_triton", _tk.recon_nll_backward, mutates_args=()
-    )
-    # Explicit fakes: the Triton interpreter cannot run on fake tensors (see q_sample).
-    recon_nll_triton.register_fake(_fake_forward)
-    recon_nll_backward_triton.register_fake(_fake_backward)
-    _attach_autograd(recon_nll_triton, recon_nll_backward_triton)
-    impls.table["triton"] = recon_nll_triton
+SPEC = OpSpec(
+    "recon_nll",
+    args=(Arg("x0", DATA, bounds=(-1.0, 1.0)), Arg("z0", DATA, grad=True), Arg("alpha_0", COEFF, grad=True),
+          Arg("sigma_0", COEFF, grad=True, positive=True),
+          Arg("decoder", CHOICE, choices=reference.DECODERS, default="categorical")),
+    outputs=(PER_SAMPLE,),
+    reference=reference.recon_nll,
+    sample_inputs=sample_inputs,
+).register()
 
 
 def recon_nll(x0: torch.Tensor, z0: torch.Tensor, alpha_0, sigma_0, decoder: str = "categorical", *,
@@ -89,13 +61,4 @@ def recon_nll(x0: torch.Tensor, z0: torch.Tensor, alpha_0, sigma_0, decoder: str
         The fused kernels sum only the bins within float precision of the softmax's mass
         (csrc/recon_nll_math.h), all 256 when sigma_0/alpha_0 is large; memory is O(B·D).
     """
-    _checks.data(NAME, "x0", x0)
-    _checks.same_as(NAME, "z0", z0, x0, "x0")
-    if decoder not in reference.DECODERS:
-        raise ValueError(f"{NAME}: decoder must be one of {reference.DECODERS}, got {decoder!r}")
-    batch, cdt = x0.shape[0], _checks.compute_dtype(x0.dtype)
-    alpha_0 = _checks.per_sample(NAME, "alpha_0", alpha_0, batch, x0.device, cdt)
-    sigma_0 = _checks.per_sample(NAME, "sigma_0", sigma_0, batch, x0.device, cdt)
-    _checks.positive(NAME, "sigma_0", sigma_0)
-    _checks.within(NAME, "x0", x0, -1.0, 1.0)
-    return impls(backends.resolve(backend, x0.device, NAME))(x0, z0, alpha_0, sigma_0, decoder)
+    return SPEC(x0, z0, alpha_0, sigma_0, decoder, backend=backend)

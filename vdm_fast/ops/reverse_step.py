@@ -15,10 +15,9 @@ import numbers
 
 import torch
 
-from .. import _checks, backends, reference
-from .._layout import empty_out_like
-from ._registry import Implementations, native_defined, triton_kernels
-from .noise import draw_seed
+from .. import _checks, reference
+from ._spec import DATA, LIKE_DATA, OTHER, Arg, OpSpec, normal, uniform
+from .randn_like import draw_seed
 
 NAME = "reverse_step"
 
@@ -34,25 +33,14 @@ def _reference(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, gr
                                   noise)
 
 
-impls = Implementations(NAME, {"reference": _reference})
+def sample_inputs(shape, dtype, device, generator):
+    """A deterministic step (c_n = 0: no noise drawn) with random coefficients: (z, model_out,
+    coeffs). Guidance, clipping and noise are tests/test_reverse_step.py's."""
+    coeffs = torch.stack([uniform(shape[0], -1.0, 1.0, dtype, device, generator) for _ in range(6)])
+    coeffs[5] = 0
+    return normal(shape, dtype, device, generator), normal(shape, dtype, device, generator), coeffs
 
 
-def _fake(z, model_out, coeffs, uncond=None, guidance_scale=None, classifier_grad=None, grad_scale=None, clip=None,
-          noise=None, seed=None, offset=0):
-    return empty_out_like(z)
-
-
-if native_defined(NAME):
-    torch.library.register_fake("vdm_fast::reverse_step")(_fake)
-    # The Autograd kernel (csrc/reverse_step.cpp) rejects inputs that require grad.
-    impls.table["cpu"] = impls.table["cuda"] = torch.ops.vdm_fast.reverse_step.default
-
-_tk = triton_kernels(NAME)
-if _tk is not None:
-    reverse_step_triton = torch.library.triton_op("vdm_fast::reverse_step_triton", _tk.reverse_step, mutates_args=())
-    # Explicit fake: the Triton interpreter cannot run the launcher on fake tensors.
-    reverse_step_triton.register_fake(_fake)
-    impls.table["triton"] = reverse_step_triton
 
 
 def step_coeffs(op: str, coeffs, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -144,23 +132,35 @@ def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=Non
         z_next, shape and dtype of z (strides of z when z is batch-major dense). Not
         differentiable: an input that requires grad while grad mode is on raises ValueError.
     """
+    return SPEC(z, model_out, coeffs, uncond=uncond, guidance_scale=guidance_scale,
+                classifier_grad=classifier_grad, grad_scale=grad_scale, clip=clip, noise=noise,
+                generator=generator, stochastic=stochastic, backend=backend)
+
+
+def _guidance_pair(z, cdt, tensor_name, tensor, scale_name, scale, kind):
+    """A guidance input and its per-sample scale: both or neither, checked and normalised."""
+    if (tensor is None) != (scale is None):
+        raise ValueError(f"{NAME}: {tensor_name} and {scale_name} go together ({kind}); "
+                         f"got {tensor_name if tensor is not None else scale_name} alone")
+    if tensor is None:
+        return None, None
+    return (_checks.same_as(NAME, tensor_name, tensor, z, "z"),
+            _checks.per_sample(NAME, scale_name, scale, z.shape[0], z.device, cdt))
+
+
+def _prepare(z, model_out, coeffs, *, uncond=None, guidance_scale=None, classifier_grad=None, grad_scale=None,
+             clip=None, noise=None, generator=None, stochastic=None) -> tuple:
+    """reverse_step's public arguments checked (errors name the argument) and normalised into the
+    native op's: coefficients (6, B) in the compute dtype, guidance pairs, clip, noise or a drawn seed."""
     _checks.data(NAME, "z", z)
     _checks.same_as(NAME, "model_out", model_out, z, "z")
     batch, cdt = z.shape[0], _checks.compute_dtype(z.dtype)
     coeffs_arg = coeffs
     coeffs = step_coeffs(NAME, coeffs, batch, z.device, cdt)
-    if (uncond is None) != (guidance_scale is None):
-        raise ValueError(f"{NAME}: uncond and guidance_scale go together (classifier-free guidance); "
-                         f"got {'uncond' if uncond is not None else 'guidance_scale'} alone")
-    if uncond is not None:
-        _checks.same_as(NAME, "uncond", uncond, z, "z")
-        guidance_scale = _checks.per_sample(NAME, "guidance_scale", guidance_scale, batch, z.device, cdt)
-    if (classifier_grad is None) != (grad_scale is None):
-        raise ValueError(f"{NAME}: classifier_grad and grad_scale go together (classifier guidance); "
-                         f"got {'classifier_grad' if classifier_grad is not None else 'grad_scale'} alone")
-    if classifier_grad is not None:
-        _checks.same_as(NAME, "classifier_grad", classifier_grad, z, "z")
-        grad_scale = _checks.per_sample(NAME, "grad_scale", grad_scale, batch, z.device, cdt)
+    uncond, guidance_scale = _guidance_pair(z, cdt, "uncond", uncond, "guidance_scale", guidance_scale,
+                                            "classifier-free guidance")
+    classifier_grad, grad_scale = _guidance_pair(z, cdt, "classifier_grad", classifier_grad, "grad_scale", grad_scale,
+                                                 "classifier guidance")
     if clip is not None:
         if not isinstance(clip, numbers.Real) or isinstance(clip, bool) or not clip > 0:
             raise ValueError(f"{NAME}: clip must be a positive float or None, got {clip!r}")
@@ -179,5 +179,19 @@ def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=Non
     seed = None
     if noise is None and stochastic is not False and _draws_noise(coeffs_arg, coeffs, stochastic):
         seed = draw_seed(generator, NAME)  # the kernel draws the noise from it
-    impl = impls(backends.resolve(backend, z.device, NAME))
-    return impl(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, seed, 0)
+    return z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, seed, 0
+
+
+# The native op's arguments; reverse_step checks and normalises them (optional
+# inputs, guidance pairs, drawn noise). The Autograd kernel (csrc/cpu/reverse_step.cpp) rejects
+# inputs that require grad: no backward.
+SPEC = OpSpec(
+    NAME,
+    args=(Arg("z", DATA), Arg("model_out", DATA), Arg("coeffs", OTHER), Arg("uncond", OTHER),
+          Arg("guidance_scale", OTHER), Arg("classifier_grad", OTHER), Arg("grad_scale", OTHER), Arg("clip", OTHER),
+          Arg("noise", OTHER), Arg("seed", OTHER), Arg("offset", OTHER)),
+    outputs=(LIKE_DATA,),
+    reference=_reference,
+    sample_inputs=sample_inputs,
+    prepare_fn=_prepare,
+).register()

@@ -1,4 +1,8 @@
-"""The memory-layout rule every backend follows (mirrors csrc/common.h).
+"""The memory-layout rule every backend follows (DESIGN.md §4.8; mirrors csrc/common.h).
+
+It lives in the kernel layer (installed as ``vdm_fast.kernels._layout``) because the Triton
+launchers apply it, and the layers above (the fake kernels of vdm_fast.ops, the reference) import
+it from here: vdm_fast.kernels imports nothing from vdm_fast. Needs torch only, not triton.
 
 Kernels see data as B samples of D elements, sample b at storage offsets [b*D, (b+1)*D). A
 tensor that is "batch-major dense" (non-overlapping and dense with stride(0) == D: contiguous,

@@ -1,4 +1,4 @@
-// Philox noise on CUDA: randn_like and philox_bits (the stream is csrc/philox.h). One thread per
+// randn_like and philox_bits on CUDA (the stream is csrc/philox.h). One thread per
 // Philox block of 4 elements, grid-stride, current stream, 64-bit indices; vector stores when
 // aligned.
 #include <ATen/ATen.h>

@@ -1,7 +1,7 @@
 """randn_like: counter-based Philox4x32-10 normal noise, the same on every backend (DESIGN.md §6).
 
-Native op ``vdm_fast::randn_like`` (csrc/cpu/noise.cpp, csrc/cuda/noise.cu), Triton op
-``vdm_fast::randn_like_triton`` (kernels/philox.py), reference ``vdm_fast.reference.randn_like``
+Native op ``vdm_fast::randn_like`` (csrc/cpu/randn_like.cpp, csrc/cuda/randn_like.cu), Triton op
+``vdm_fast::randn_like_triton`` (kernels/randn_like.py), reference ``vdm_fast.reference.randn_like``
 (integer torch math). The stream is defined in csrc/philox.h and DESIGN.md §6.
 
 Every op that draws noise in-kernel takes ``(seed: Tensor, offset: int)``: the seed is one int64
@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks, backends, reference
-from .._layout import empty_out_like
-from ._registry import Implementations, native_defined, triton_kernels
+from .. import _library, reference
+from ._spec import GENERATOR, LIKE, LIKE_DATA, Arg, OpSpec, normal
 
 NAME = "randn_like"
-impls = Implementations(NAME, {"reference": reference.randn_like})
 
 _SEED_LOW, _SEED_HIGH = -(2**63), 2**63 - 1  # all 64-bit patterns but one
 
@@ -38,16 +36,22 @@ def _fake_bits(seed, offset, first_block, n_blocks):
     return seed.new_empty(4 * n_blocks, dtype=torch.int32)
 
 
-if native_defined(NAME):
-    torch.library.register_fake("vdm_fast::randn_like")(lambda x, seed, offset: empty_out_like(x))
-    torch.library.register_fake("vdm_fast::philox_bits")(_fake_bits)
-    impls.table["cpu"] = impls.table["cuda"] = torch.ops.vdm_fast.randn_like.default
+def sample_inputs(shape, dtype, device, generator):
+    """Any tensor: only its shape, dtype, device and layout matter; the generator seeds the noise."""
+    return normal(shape, dtype, device, generator), torch.Generator().manual_seed(int(torch.randint(2**31, (),
+                                                                                                  generator=generator)))
 
-_tk = triton_kernels("philox")
-if _tk is not None:
-    randn_like_triton = torch.library.triton_op("vdm_fast::randn_like_triton", _tk.randn_like, mutates_args=())
-    randn_like_triton.register_fake(lambda x, seed, offset: empty_out_like(x))  # see q_sample.py
-    impls.table["triton"] = randn_like_triton
+
+SPEC = OpSpec(
+    NAME,
+    args=(Arg("x", LIKE), Arg("generator", GENERATOR)),
+    outputs=(LIKE_DATA,),
+    reference=reference.randn_like,
+    sample_inputs=sample_inputs,
+).register()
+
+if _library.native_load_error is None and hasattr(torch.ops.vdm_fast, "philox_bits"):
+    torch.library.register_fake("vdm_fast::philox_bits")(_fake_bits)
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None = None, *, backend: str | None = None) -> torch.Tensor:
@@ -67,9 +71,4 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None = None, *, bac
         Noise of ``x``'s shape and dtype (drawn in float32, then cast), in ``x``'s layout when
         ``x`` is batch-major dense (DESIGN.md §4.8), else contiguous. Never requires grad.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{NAME}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _checks.DATA_DTYPES:
-        raise TypeError(f"{NAME}: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
-    seed = draw_seed(generator, NAME)
-    return impls(backends.resolve(backend, x.device, NAME))(x.detach(), seed, 0)
+    return SPEC(x, generator, backend=backend)

@@ -1,0 +1,283 @@
+"""One declaration per op (DESIGN.md §4.11): what an op is, written once.
+
+An :class:`OpSpec` says, for one op: its arguments in order and the role of each (a data tensor,
+a per-sample coefficient, a name chosen from a list, the generator of in-kernel noise), which of
+them are differentiable, what it returns (the output and layout rule), its reference twin and its
+sample inputs. From it come:
+
+- the public function's checks and normalisation, and the call: ``spec(*args, backend=...)``;
+- the fake kernels of the native ops ``vdm_fast::<op>`` / ``<op>_backward`` and of the Triton ops
+  ``vdm_fast::<op>_triton`` / ``<op>_backward_triton`` (the launchers ``<op>`` / ``<op>_backward``
+  of ``vdm_fast.kernels.<op>``), and the Triton op's autograd (the native op's is the C++
+  template of csrc/autograd.h);
+- the table of implementations per backend;
+- the registry :data:`SPECS`, from which ``vdm_fast.ops.__all__``, ``vdm_fast.env.OPS``, the
+  conformance tests (tests/test_ops.py), the CI smoke test and the benchmarks take the ops.
+
+The dtype rule is the spec's too: every data argument has the first one's dtype, per-sample
+coefficients and per-sample outputs are in the compute dtype (float64 for float64 data, float32
+otherwise: ``_checks.compute_dtype``), outputs shaped like the data take the data's dtype. A
+per-argument dtype (a low-precision model output next to float32 data) becomes a field of
+:class:`Arg`, read by :meth:`OpSpec.prepare` and the fake kernels, the two places the rule is
+applied in Python.
+
+Every backward follows one convention (csrc/autograd.h): ``<op>_backward(grad, *forward_args,
+output_mask)`` with the forward's arguments in the forward's order, and one mask entry and one
+gradient per differentiable argument, in that order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .. import _checks, _library, backends
+from ..kernels._layout import empty_out_like
+
+log = logging.getLogger(__name__)
+
+# Argument roles.
+DATA = "data"          # a (B, ...) float tensor; every data argument has the first one's shape, dtype, device
+LIKE = "like"          # a float tensor of any shape (0-d too) whose shape, dtype and layout the output takes
+COEFF = "coeff"        # a per-sample scalar: float, 0-d, (B,) or (B, 1, ..., 1), normalised to (B,) compute dtype
+CHOICE = "choice"      # a name from `choices`
+GENERATOR = "generator"  # a torch.Generator (or None): the op receives a drawn seed and offset 0 instead
+OTHER = "other"        # checked by the op's own public function (reverse_step's optional inputs)
+
+# Output rules.
+LIKE_DATA = "like_data"    # the first data argument's shape, dtype and layout (DESIGN.md §4.8)
+PER_SAMPLE = "per_sample"  # (B,) in the compute dtype (float64 for float64 data, float32 otherwise)
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    role: str
+    grad: bool = False                 # differentiable (a gradient in the fused backward)
+    choices: tuple[str, ...] = ()      # CHOICE
+    default: object = None             # CHOICE: the default name
+    positive: bool = False             # COEFF: a scale whose log or inverse is taken (DESIGN.md §4.10)
+    bounds: tuple[float, float] | None = None  # DATA: the decoder's data range, NaN rejected (DESIGN.md §4.10)
+
+
+@dataclass
+class OpSpec:
+    """One op: see the module docstring. ``sample_inputs(shape, dtype, device, generator)`` returns
+    the public function's arguments for a batch of data of ``shape`` (tests and benchmarks)."""
+
+    name: str
+    args: tuple[Arg, ...]
+    outputs: tuple[str, ...]
+    reference: Callable
+    sample_inputs: Callable
+    triton: bool = True
+    # Whether <op>_backward exists (csrc/autograd.h's convention). q_sample_randn's backward is
+    # q_sample's: its module attaches it.
+    fused_backward: bool = True
+    # An op whose arguments the roles do not cover (reverse_step's optional inputs and drawn noise)
+    # checks and normalises them itself: public arguments -> the native op's arguments.
+    prepare_fn: Callable | None = None
+    impls: dict[str, Callable] = field(default_factory=dict)
+
+    # --- derived facts -------------------------------------------------------------------------
+
+    @property
+    def differentiable(self) -> tuple[int, ...]:
+        """Positions of the differentiable arguments."""
+        return tuple(i for i, a in enumerate(self.args) if a.grad)
+
+    @property
+    def has_backward(self) -> bool:
+        return bool(self.differentiable) and self.fused_backward
+
+    @property
+    def data_args(self) -> tuple[Arg, ...]:
+        return tuple(a for a in self.args if a.role == DATA)
+
+    def native_args(self) -> tuple[Arg, ...]:
+        """The arguments of the dispatcher ops: a generator becomes (seed, offset)."""
+        out = []
+        for a in self.args:
+            if a.role == GENERATOR:
+                out += [Arg("seed", "seed"), Arg("offset", "offset")]
+            else:
+                out.append(a)
+        return tuple(out)
+
+    # --- the public call -----------------------------------------------------------------------
+
+    def prepare(self, *values, **options) -> tuple:
+        """The public arguments checked (errors name the argument) and normalised: data tensors as
+        they are, coefficients as contiguous (B,) tensors of the compute dtype on the data's device,
+        a generator drawn into (seed, 0). Returns the native ops' arguments."""
+        if self.prepare_fn is not None:
+            return self.prepare_fn(*values, **options)
+        op, first, out = self.name, None, []
+        for arg, value in zip(self.args, values):
+            if arg.role == DATA:
+                if first is None:
+                    first = _checks.data(op, arg.name, value)
+                    first_name = arg.name
+                else:
+                    _checks.same_as(op, arg.name, value, first, first_name)
+                out.append(value)
+            elif arg.role == COEFF:
+                value = _checks.per_sample(op, arg.name, value, first.shape[0], first.device,
+                                           _checks.compute_dtype(first.dtype))
+                if arg.positive:
+                    _checks.positive(op, arg.name, value)
+                out.append(value)
+            elif arg.role == LIKE:
+                if not isinstance(value, torch.Tensor):
+                    raise TypeError(f"{op}: {arg.name} must be a torch.Tensor, got {type(value).__name__}")
+                if value.dtype not in _checks.DATA_DTYPES:
+                    raise TypeError(f"{op}: {arg.name} must be float32, float64, float16 or bfloat16, got {value.dtype}")
+                first, first_name = value, arg.name
+                out.append(value.detach())
+            elif arg.role == CHOICE:
+                if value not in arg.choices:
+                    raise ValueError(f"{op}: {arg.name} must be one of {arg.choices}, got {value!r}")
+                out.append(value)
+            elif arg.role == GENERATOR:
+                from .randn_like import draw_seed  # the seed rule lives with randn_like
+
+                out += [draw_seed(value, op), 0]
+            else:
+                raise AssertionError(f"{op}: unknown role {arg.role!r} of {arg.name}")
+        # Value checks last, once every argument is known good (a shape error reads better).
+        for arg, value in zip(self.args, values):
+            if arg.bounds is not None:
+                _checks.within(op, arg.name, value, *arg.bounds)
+        return tuple(out)
+
+    def implementation(self, backend: str | None, device: torch.device) -> Callable:
+        name = backends.resolve(backend, device, self.name)
+        try:
+            return self.impls[name]
+        except KeyError:
+            raise RuntimeError(f"{self.name}: the {name} backend has no implementation of this op") from None
+
+    def __call__(self, *values, backend: str | None = None, **options):
+        args = self.prepare(*values, **options)
+        first = next(a for a in args if isinstance(a, torch.Tensor))
+        return self.implementation(backend, first.device)(*args)
+
+    # --- fake kernels ----------------------------------------------------------------------------
+
+    def _first_data(self, args) -> torch.Tensor:
+        return next(v for a, v in zip(self.native_args(), args) if a.role in (DATA, LIKE))
+
+    def _out(self, rule: str, like: torch.Tensor) -> torch.Tensor:
+        if rule == LIKE_DATA:
+            return empty_out_like(like)
+        return like.new_empty((like.shape[0],), dtype=_checks.compute_dtype(like.dtype))
+
+    def fake_forward(self, *args):
+        like = self._first_data(args)
+        outs = tuple(self._out(rule, like) for rule in self.outputs)
+        return outs if len(outs) > 1 else outs[0]
+
+    def fake_backward(self, grad, *args):
+        """Gradients in the forward's order: data gradients in the first data argument's layout,
+        coefficient gradients (B,); an empty tensor where the mask says no."""
+        *args, mask = args
+        like = self._first_data(args)
+        grads = []
+        for want, i in zip(mask, self.differentiable):
+            value = args[i]
+            if not want:
+                grads.append(value.new_empty(0))
+            elif self.args[i].role == DATA:
+                grads.append(empty_out_like(like))
+            else:
+                grads.append(value.new_empty(value.shape))
+        return tuple(grads)
+
+    # --- registration --------------------------------------------------------------------------
+
+    def register(self) -> "OpSpec":
+        """Fakes and implementations of every backend built here (call once, at import)."""
+        self.impls["reference"] = self.reference
+        if _library.native_load_error is None and hasattr(torch.ops.vdm_fast, self.name):
+            torch.library.register_fake(f"vdm_fast::{self.name}")(self.fake_forward)
+            if self.has_backward:
+                torch.library.register_fake(f"vdm_fast::{self.name}_backward")(self.fake_backward)
+            # Autograd of the native op is registered in C++ (csrc/autograd.h).
+            self.impls["cpu"] = self.impls["cuda"] = getattr(torch.ops.vdm_fast, self.name).default
+        kernels = triton_kernels(self.name) if self.triton else None
+        if kernels is not None:
+            self.impls["triton"] = self._register_triton(kernels)
+        SPECS[self.name] = self
+        return self
+
+    def _register_triton(self, kernels):
+        forward = torch.library.triton_op(f"vdm_fast::{self.name}_triton", getattr(kernels, self.name),
+                                          mutates_args=())
+        # Explicit fakes: triton_op derives one by running the launcher on fake tensors, which the
+        # Triton interpreter (TRITON_INTERPRET=1, our CPU CI) cannot do.
+        forward.register_fake(self.fake_forward)
+        if self.has_backward:
+            backward = torch.library.triton_op(f"vdm_fast::{self.name}_backward_triton",
+                                               getattr(kernels, f"{self.name}_backward"), mutates_args=())
+            backward.register_fake(self.fake_backward)
+            self._attach_autograd(forward, backward)
+        return forward
+
+    def _attach_autograd(self, forward, backward) -> None:
+        positions, args = self.differentiable, self.native_args()
+
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(*(v for v in inputs if isinstance(v, torch.Tensor)))
+            ctx.others = [_SAVED if isinstance(v, torch.Tensor) else v for v in inputs]
+
+        def backward_fn(ctx, grad):
+            saved = iter(ctx.saved_tensors)
+            inputs = [next(saved) if v is _SAVED else v for v in ctx.others]
+            # A call may leave trailing names at their defaults; the backward takes them all.
+            inputs += [a.default for a in args[len(inputs):]]
+            needs = ctx.needs_input_grad
+            mask = [i < len(needs) and needs[i] for i in positions]
+            grads = backward(grad.contiguous(), *inputs, mask)
+            out = [None] * len(ctx.needs_input_grad)
+            for i, want, g in zip(positions, mask, grads):
+                if want:
+                    out[i] = g
+            return tuple(out)
+
+        torch.library.register_autograd(forward, backward_fn, setup_context=setup_context)
+
+
+_SAVED = object()  # marks an input saved with save_for_backward
+
+
+# --- sample inputs (tests, benchmarks, the CI smoke test) ------------------------------------------
+
+
+def normal(shape, dtype, device, generator) -> torch.Tensor:
+    """Standard normal data, drawn in float32 on the CPU from ``generator`` (the same values on
+    every device), then cast."""
+    return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+
+
+def uniform(n: int, low: float, high: float, dtype, device, generator) -> torch.Tensor:
+    """(n,) per-sample coefficients uniform in [low, high), in the compute dtype of ``dtype`` data."""
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    return (low + (high - low) * u).to(device=device, dtype=_checks.compute_dtype(dtype))
+
+# Every op, by name, in the order they registered (vdm_fast.ops imports them in a fixed order).
+SPECS: dict[str, OpSpec] = {}
+
+
+def triton_kernels(module: str):
+    """``vdm_fast.kernels.<module>``, or None when Triton cannot be imported here."""
+    if backends.triton_status() == "the triton package is not installed":
+        return None
+    try:
+        return importlib.import_module(f"vdm_fast.kernels.{module}")
+    except ImportError as exc:  # triton present but broken: the backend reports unavailable
+        log.debug("vdm_fast.kernels.%s failed to import: %s", module, exc)
+        return None
