@@ -74,7 +74,6 @@ class OpSpec:
     outputs: tuple[str, ...]
     reference: Callable
     sample_inputs: Callable
-    triton: bool = True
     # Whether <op>_backward exists (csrc/autograd.h's convention). q_sample_randn's backward is
     # q_sample's: its module attaches it.
     fused_backward: bool = True
@@ -93,10 +92,6 @@ class OpSpec:
     @property
     def has_backward(self) -> bool:
         return bool(self.differentiable) and self.fused_backward
-
-    @property
-    def data_args(self) -> tuple[Arg, ...]:
-        return tuple(a for a in self.args if a.role == DATA)
 
     def native_args(self) -> tuple[Arg, ...]:
         """The arguments of the dispatcher ops: a generator becomes (seed, offset)."""
@@ -208,7 +203,7 @@ class OpSpec:
                 torch.library.register_fake(f"vdm_fast::{self.name}_backward")(self.fake_backward)
             # Autograd of the native op is registered in C++ (csrc/autograd.h).
             self.impls["cpu"] = self.impls["cuda"] = getattr(torch.ops.vdm_fast, self.name).default
-        kernels = triton_kernels(self.name) if self.triton else None
+        kernels = triton_kernels(self.name)
         if kernels is not None:
             self.impls["triton"] = self._register_triton(kernels)
         SPECS[self.name] = self
