@@ -70,12 +70,34 @@ C10_HOST_DEVICE inline int window_bins(acc_t alpha, acc_t sigma) {
   return 2 * w + 1 < kBins ? 2 * w + 1 : kBins;
 }
 
-// First bin of the L-bin window around the bin nearest z/alpha, shifted to stay inside 0..255.
+// q_k = (z - alpha c_k) / sigma, formed the same way everywhere, so that comparisons of logits
+// agree with the terms summed.
 template <typename acc_t>
-C10_HOST_DEVICE inline int window_start(acc_t z, acc_t alpha, int L, int* nearest) {
+C10_HOST_DEVICE inline acc_t q_of(acc_t z, acc_t alpha, acc_t sigma, int k) {
+  return (z - alpha * centre<acc_t>(k)) / sigma;
+}
+
+// The bin of the largest computed logit. t = z/alpha in bins rounds: next to a bin edge the bin
+// nearest t can come out as the neighbour of the maximum, and with a tiny sigma (gamma_0 = -30:
+// sigma = 3e-7) the maximum's term exp(l_k - l_m) then overflows (issue 15). One step towards the
+// larger neighbour, judged by the sign of l_{m+-1} - l_m = +-r h (q_m + q_{m+-1}) / 2 exactly as
+// element() computes it, makes m the argmax of what is summed: bins further away are below by
+// r h per bin, far more than the rounding of q (ulp(z) / sigma), so one step is enough.
+template <typename acc_t>
+C10_HOST_DEVICE inline int nearest_bin(acc_t z, acc_t alpha, acc_t sigma) {
   const acc_t t = (z / alpha + acc_t(1)) * acc_t(128) - acc_t(0.5);
   const acc_t f = std::floor(t + acc_t(0.5));
   const int m = f >= acc_t(255) ? 255 : (f >= acc_t(0) ? static_cast<int>(f) : 0);  // NaN -> 0
+  const acc_t qm = q_of(z, alpha, sigma, m);
+  if (m < kBins - 1 && qm + q_of(z, alpha, sigma, m + 1) > acc_t(0)) return m + 1;
+  if (m > 0 && qm + q_of(z, alpha, sigma, m - 1) < acc_t(0)) return m - 1;
+  return m;
+}
+
+// First bin of the L-bin window around nearest_bin, shifted to stay inside 0..255.
+template <typename acc_t>
+C10_HOST_DEVICE inline int window_start(acc_t z, acc_t alpha, acc_t sigma, int L, int* nearest) {
+  const int m = nearest_bin(z, alpha, sigma);
   *nearest = m;
   int lo = m - (L - 1) / 2;
   lo = lo < 0 ? 0 : lo;
@@ -94,14 +116,14 @@ struct Sums {
 template <typename acc_t, bool GRAD>
 C10_HOST_DEVICE inline Sums<acc_t> element(acc_t z, acc_t alpha, acc_t sigma, int kstar, int L) {
   int m;
-  const int lo = window_start(z, alpha, L, &m);
+  const int lo = window_start(z, alpha, sigma, L, &m);
   const acc_t r = alpha / sigma;
   const acc_t cs = centre<acc_t>(kstar);
-  const acc_t qs = (z - alpha * cs) / sigma;
-  const acc_t qm = (z - alpha * centre<acc_t>(m)) / sigma;
+  const acc_t qs = q_of(z, alpha, sigma, kstar);
+  const acc_t qm = q_of(z, alpha, sigma, m);
   acc_t s = 0, sd = 0, sd2 = 0;
   for (int k = lo; k < lo + L; ++k) {
-    const acc_t q = (z - alpha * centre<acc_t>(k)) / sigma;
+    const acc_t q = q_of(z, alpha, sigma, k);
     // l_k - l_m = (q_m^2 - q_k^2)/2 = (q_m - q_k)(q_m + q_k)/2, q_m - q_k = r (c_k - c_m)
     const acc_t e = std::exp(acc_t(0.5) * r * (static_cast<acc_t>(k - m) / acc_t(128)) * (qm + q));
     s += e;

@@ -50,6 +50,14 @@ def _element(z, a, s, kstar, L, GRAD: tl.constexpr):
     t = (z / a + 1.0) * 128.0 - 0.5
     f = tl.floor(t + 0.5)
     m = tl.where(f >= 255.0, 255.0, tl.where(f >= 0.0, f, 0.0)).to(tl.int32)
+    # t rounds: next to a bin edge m can come out as the neighbour of the largest logit, and with
+    # a tiny sigma the true maximum's term overflows exp. One step towards the larger computed
+    # logit (the sign of l_{m+-1} - l_m, as the sum below computes it) makes m the argmax of what
+    # is summed (csrc/recon_nll_math.h, nearest_bin).
+    qm = (z - a * ((m.to(z.dtype) + 0.5) / 128.0 - 1.0)) / s
+    q_up = (z - a * ((m.to(z.dtype) + 1.5) / 128.0 - 1.0)) / s
+    q_down = (z - a * ((m.to(z.dtype) - 0.5) / 128.0 - 1.0)) / s
+    m = tl.where((m < 255) & (qm + q_up > 0.0), m + 1, tl.where((m > 0) & (qm + q_down < 0.0), m - 1, m))
     lo = tl.minimum(tl.maximum(m - (L - 1) // 2, 0), 256 - L)
     r = a / s
     cs = (kstar.to(z.dtype) + 0.5) / 128.0 - 1.0

@@ -30,7 +30,7 @@ def target_id(target: str) -> int:
 @triton.jit
 def _residual(p_ptr, x_ptr, n_ptr, offs, mask, a, s, TARGET: tl.constexpr, USES_X: tl.constexpr,
               USES_N: tl.constexpr):
-    """(r, x, n) at offs: r = pred - target; x, n are zeros where the target does not read them."""
+    """(r, x, n) at offs: r = pred - target (0 past the end); x, n are zeros where the target does not read them."""
     p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(a.dtype)
     if USES_X:
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(a.dtype)
@@ -48,7 +48,9 @@ def _residual(p_ptr, x_ptr, n_ptr, offs, mask, a, s, TARGET: tl.constexpr, USES_
         t = a * n - s * x
     else:
         t = -n * (1.0 / s)
-    return p - t, x, n
+    # Lanes past the sample's end are zeros: at sigma = 0 the score target there is 0 * inf = NaN,
+    # which would poison the sum. Zero them so only real elements count (as on the CPU: inf, not NaN).
+    return tl.where(mask, p - t, 0.0), x, n
 
 
 # grid = (B, chunks): program (b, c) covers elements [c*CHUNK, (c+1)*CHUNK) of sample b.

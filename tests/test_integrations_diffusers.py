@@ -74,6 +74,39 @@ def test_single_timestep_broadcasts_like_diffusers():
     _assert_matches_diffusers(theirs, mine, "add_noise", x0, noise, torch.tensor(321))
 
 
+@pytest.mark.parametrize("method", ["add_noise", "get_velocity"])
+@pytest.mark.parametrize("x_batch, noise_batch, t", [
+    (3, 3, [321]),            # (1,) timesteps for a batch of 3: one for all
+    (3, 3, [[5], [321], [900]]),  # (B, 1): flattened, one per sample
+    (1, 1, [5, 321, 900]),    # one sample, three timesteps: three noised copies
+    (3, 1, [5, 321, 900]),    # one noise for the batch
+    (1, 3, [321]),
+], ids=str)
+def test_timesteps_broadcast_as_diffusers_broadcasts(method, x_batch, noise_batch, t):
+    """diffusers flattens the timesteps and broadcasts their coefficients along dim 0 against the
+    samples and the noise: ours accepts what diffusers accepts, with the same result (the same as
+    with every argument broadcast by hand, which the tests above compare with diffusers)."""
+    theirs, mine = _pair("DDPMScheduler")
+    x0, noise, t = torch.randn(x_batch, 2, 5), torch.randn(noise_batch, 2, 5), torch.tensor(t)
+    want = getattr(theirs, method)(x0, noise, t)
+    got = getattr(mine, method)(x0, noise, t)
+    assert got.shape == want.shape
+    batch = want.shape[0]
+    by_hand = getattr(mine, method)(x0.expand(want.shape).contiguous(), noise.expand(want.shape).contiguous(),
+                                    t.flatten().expand(batch))
+    torch.testing.assert_close(got, by_hand, rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_timesteps_that_do_not_broadcast_are_refused():
+    theirs, mine = _pair("DDPMScheduler")
+    x0 = torch.randn(3, 2, 5)
+    with pytest.raises(RuntimeError):  # diffusers refuses it too
+        theirs.add_noise(x0, x0, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="2 timesteps do not broadcast"):
+        mine.add_noise(x0, x0, torch.tensor([1, 2]))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_low_precision_more_accurate_than_diffusers(dtype):
     theirs, mine = _pair("DDPMScheduler")

@@ -109,3 +109,50 @@ def test_gradcheck_fp64(backend, sigma_range):
     name, device = backend
     x0, z0, alpha, sigma = make_inputs((3, 2, 5), torch.float64, device, requires_grad=True, sigma_range=sigma_range)
     assert torch.autograd.gradcheck(lambda *a: vdm_fast.recon_nll(x0, *a, backend=name), (z0, alpha, sigma))
+
+
+def _edge_inputs(dtype, device):
+    """z0 next to every edge between two bins, on both sides (1, 2 and 4 ulps of the dtype, and
+    1e-7), with x0 in the bin on z0's side: the nearest bin is the true one, but z0/alpha in bins
+    rounds onto the edge."""
+    edges = torch.arange(1, 256, dtype=torch.float64) / 128 - 1
+    rows = []
+    for side in (-1.0, 1.0):
+        for steps in (1, 2, 4, None):
+            e = edges.to(dtype)
+            if steps is None:
+                z = (edges + side * 1e-7).to(dtype)
+            else:
+                z = e
+                for _ in range(steps):
+                    z = torch.nextafter(z, torch.full_like(z, side * 2.0))
+            x0 = (edges + side * 0.5 / 128).to(dtype)  # the centre of the bin on z's side
+            rows.append((x0, z))
+    x0 = torch.stack([r[0] for r in rows]).to(device)
+    z0 = torch.stack([r[1] for r in rows]).to(device)
+    return x0, z0
+
+
+@pytest.mark.parametrize("backend", backend_params("recon_nll", include_reference=True))
+@pytest.mark.parametrize("gamma_0", [-20.0, -30.0, -40.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_finite_next_to_every_bin_edge(backend, gamma_0, dtype):
+    """Issue 15: at gamma_0 = -30 in float32 the bin estimate snapped to the neighbour and the true
+    bin's term overflowed exp (+inf, NaN gradient) where the value is finite. Every backend is now
+    finite there, value and gradients, and equals the reference within the running error bound
+    (tests/numerics.py: one ulp of z0 moves the value by up to thousands of nats here)."""
+    name, device = backend
+    x0, z0 = _edge_inputs(dtype, device)
+    g = torch.tensor(gamma_0, dtype=torch.float64)
+    alpha, sigma = torch.sigmoid(-g).sqrt().to(dtype), torch.sigmoid(g).sqrt().to(dtype)
+    z = z0.clone().requires_grad_()
+    a = alpha.expand(z0.shape[0]).clone().to(device).requires_grad_()
+    s = sigma.expand(z0.shape[0]).clone().to(device).requires_grad_()
+    out = vdm_fast.recon_nll(x0, z, a, s, backend=name)
+    gz, ga, gs = torch.autograd.grad(out.sum(), (z, a, s))
+    for what, t in (("value", out), ("dz", gz), ("dalpha", ga), ("dsigma", gs)):
+        assert torch.isfinite(t).all(), f"{name} {dtype} gamma_0={gamma_0}: {what} not finite"
+    if name != "reference":
+        numerics.check_against_reference(lambda *v: vdm_fast.recon_nll(*v, backend=name), reference.recon_nll,
+                                         [x0, z0, a.detach(), s.detach()], upstream=torch.ones_like(out.detach()),
+                                         wrt=(1, 2, 3), msg=f"{name} gamma_0={gamma_0}")

@@ -13,6 +13,7 @@ import torch
 
 import vdm_fast
 from vdm_fast import _library, backends, reference
+from vdm_fast.ops import SPECS
 from vdm_fast.ops.reverse_step import reverse_step
 import numerics
 from helpers import LAYOUTS, LOW_PRECISION, ODD_SHAPES, backend_params, layouts, skip_compile_under_interpreter
@@ -441,6 +442,7 @@ def test_opcheck_triton():
     if device == "cuda":
         utils = utils + ("test_aot_dispatch_dynamic",)
     args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in _native_args((3, 4, 5), (True, True, True, True))]
+    SPECS["reverse_step"].load_triton()  # the Triton ops are registered on first use
     torch.library.opcheck(torch.ops.vdm_fast.reverse_step_triton.default, tuple(args), test_utils=utils)
 
 
@@ -491,6 +493,8 @@ def test_compile_fullgraph_op_with_seed(backend):
     name, device = backend
     skip_compile_under_interpreter(name)
     torch._dynamo.reset()
+    if name == "triton":
+        SPECS["reverse_step"].load_triton()
     op = torch.ops.vdm_fast.reverse_step_triton if name == "triton" else torch.ops.vdm_fast.reverse_step
     (z, m, coeffs), _ = make_inputs((4, 3, 5, 5), torch.float32, device, cfg=False, cg=False)
     seed = torch.tensor(42, dtype=torch.int64)

@@ -84,14 +84,29 @@ def per_sample(op: str, name: str, value, batch: int, device: torch.device, dtyp
 # (a log or a division that would be undefined); NaN/Inf in coefficients are not scanned for.
 
 
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """``x`` without torch.func's wrappers. _assert_async has no vmap batching rule (it returns
+    nothing), so under vmap the condition is checked on the tensor underneath, which holds every
+    batch entry at once: the same all-elements check, still raising on a bad value. torch.compile
+    traces vmap itself and needs no unwrapping (nor could it trace these calls)."""
+    if torch.compiler.is_compiling():
+        return x
+    functorch = torch._C._functorch
+    while functorch.is_batchedtensor(x) or functorch.is_gradtrackingtensor(x):
+        x = functorch.get_unwrapped(x)
+    return x
+
+
 def positive(op: str, name: str, value: torch.Tensor) -> None:
     """``value`` > 0 everywhere (a scale whose log or inverse is taken)."""
+    value = _plain(value)
     if value.numel():
         torch._assert_async((value > 0).all(), f"{op}: {name} must be > 0 (its log is taken)")
 
 
-def within(op: str, name: str, x: torch.Tensor, low: float, high: float) -> None:
-    """``low`` <= x <= ``high`` everywhere, NaN rejected (decoder data)."""
+def within(op: str, name: str, x: torch.Tensor, low: float, high: float, what: str = "data for the decoder") -> None:
+    """``low`` <= x <= ``high`` everywhere, NaN rejected (decoder data, times)."""
+    x = _plain(x)
     if x.numel():
         ok = ((x >= low) & (x <= high)).all()
-        torch._assert_async(ok, f"{op}: {name} must lie in [{low}, {high}] (data for the decoder), with no NaN")
+        torch._assert_async(ok, f"{op}: {name} must lie in [{low}, {high}] ({what}), with no NaN")

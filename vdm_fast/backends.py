@@ -64,7 +64,16 @@ def unavailable_reason(backend: str, device_type: str, op: str) -> str | None:
 _warned: set[tuple[str, str]] = set()
 
 
-@torch.compiler.assume_constant_result
+def assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing torch._dynamo at import time:
+    that import pulls in Triton (~155 MB resident) on machines that will never use it. The
+    decorator only marks the function for Dynamo (torch/_dynamo/decorators.py); a test checks the
+    mark is still the one torch sets (tests/test_hardening_autodiff.py)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@assume_constant_result
 def _resolve_cached(requested: str | None, device_type: str, op: str) -> str:
     return _resolve(requested, device_type, op)
 

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ._checks import compute_dtype
+from ._checks import compute_dtype, within
 from .ops import prior_kl, q_sample, recon_nll, sq_error
 from .parameterization import PARAMETERIZATIONS, alpha_sigma, check, one_minus_snr_ratio, snr, sq_error_scale
-from .schedules import DiscreteSchedule
+from .schedules import DiscreteSchedule, Schedule
 from ._namespace import public_dir
 WEIGHTINGS = ("elbo", "simple", "min_snr")
 LN2 = math.log(2.0)
@@ -168,9 +168,20 @@ def _check_common(x0, schedule, T, parameterization, t, noise, recon_noise):
     if t is not None and (not isinstance(t, torch.Tensor) or t.shape != x0.shape[:1]):
         raise ValueError(f"t must be a tensor of shape ({x0.shape[0]},), got "
                          f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if t is not None:
+        _check_time("elbo", schedule, t)
     for name, n in (("noise", noise), ("recon_noise", recon_noise)):
         if n is not None and (not isinstance(n, torch.Tensor) or n.shape != x0.shape):
             raise ValueError(f"{name} must be a tensor of the shape of x0 {tuple(x0.shape)}")
+
+
+def _check_time(op: str, schedule, t: torch.Tensor) -> None:
+    """A caller's continuous times: floating, in [0, 1], no NaN (checked on the device, no host sync;
+    vdm_fast's own schedules check their t themselves, a user's schedule is checked here)."""
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: t must be floating-point time in [0, 1], got dtype {t.dtype}")
+    if not isinstance(schedule, Schedule):
+        within(op, "t", t, 0.0, 1.0, "continuous time")
 
 
 def _draw_t(x0, t, T, antithetic, generator):
@@ -187,6 +198,8 @@ def _model_out(model, z, t, x0):
     if not isinstance(m, torch.Tensor) or m.shape != x0.shape:
         raise ValueError(f"model(z, t) must return a tensor of the shape of x0 {tuple(x0.shape)}, got "
                          f"{tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__}")
+    if not m.is_floating_point():  # an integer output would be cast silently
+        raise TypeError(f"model(z, t) must return a floating-point tensor, got {m.dtype}")
     return m.to(x0.dtype)
 
 
@@ -305,6 +318,8 @@ class VDMLoss(nn.Module):
                 t = torch.clamp(torch.floor(u.double() * n), max=n - 1).long()
             else:
                 t = u if self.T is None else _grid_times(u, self.T)
+        elif isinstance(t, torch.Tensor) and t.is_floating_point() and not isinstance(self.schedule, Schedule):
+            within("VDMLoss", "t", t, 0.0, 1.0, "continuous time")  # vdm_fast's schedules check t themselves
         noise = _randn_like(x0, generator) if noise is None else noise
         g = self.schedule.gamma(t, cdt)
         alpha, sigma = alpha_sigma(g)

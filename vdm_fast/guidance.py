@@ -38,6 +38,22 @@ from ._namespace import public_dir
 from .parameterization import score_shift_scale
 
 
+def check_output(what: str, m, z: torch.Tensor) -> torch.Tensor:
+    """``m``, checked to be a model output for latent ``z``: a floating-point tensor of z's shape on
+    z's device (the samplers cast it to z's dtype, which only rounds; an integer output would be
+    silently converted, anything but a tensor fail later with an unhelpful AttributeError)."""
+    if not isinstance(m, torch.Tensor):
+        raise TypeError(f"{what} must return a torch.Tensor of the shape of z {tuple(z.shape)}, "
+                        f"got {type(m).__name__}")
+    if not m.is_floating_point():
+        raise TypeError(f"{what} must return a floating-point tensor, got {m.dtype}")
+    if m.shape != z.shape:
+        raise ValueError(f"{what} must return a tensor of the shape of z {tuple(z.shape)}, got {tuple(m.shape)}")
+    if m.device != z.device:
+        raise ValueError(f"{what} returned a tensor on {m.device} but z is on {z.device}")
+    return m
+
+
 class ClassifierFree:
     """A classifier-free guided model: ``outputs(z, t) -> (cond, uncond)``. Pass it to a sampler
     with ``guidance_scale=w``."""
@@ -46,10 +62,12 @@ class ClassifierFree:
         self._outputs = outputs
 
     def outputs(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cond, uncond = self._outputs(z, t)
-        if cond.shape != z.shape or uncond.shape != z.shape:
-            raise ValueError(f"classifier-free model outputs must have the shape of z {tuple(z.shape)}, "
-                             f"got {tuple(cond.shape)} and {tuple(uncond.shape)}")
+        out = self._outputs(z, t)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise TypeError(f"a classifier-free model must return a pair (cond, uncond) of tensors, "
+                            f"got {type(out).__name__}")
+        cond = check_output("the classifier-free model (cond)", out[0], z)
+        uncond = check_output("the classifier-free model (uncond)", out[1], z)
         return cond, uncond
 
     def __call__(self, z: torch.Tensor, t: torch.Tensor, guidance_scale) -> torch.Tensor:
@@ -82,7 +100,8 @@ def classifier_free(fn: Callable, labels: torch.Tensor, null_class) -> Classifie
         y = cache.get(z.device)
         if y is None:
             y = cache.setdefault(z.device, both_cpu.to(z.device))
-        out = fn(torch.cat([z, z]), torch.cat([t, t]), y)
+        zz = torch.cat([z, z])
+        out = check_output("classifier_free: fn(z, t, y)", fn(zz, torch.cat([t, t]), y), zz)
         cond, uncond = out.chunk(2)
         return cond, uncond
 
@@ -113,6 +132,9 @@ class Classifier:
 
     def log_prob(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = self.fn(z, t)
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            raise TypeError(f"the classifier fn(z, t) must return a floating-point tensor ({self.output}), got "
+                            f"{out.dtype if isinstance(out, torch.Tensor) else type(out).__name__}")
         if self.output == "log_prob":
             if out.shape != (z.shape[0],):
                 raise ValueError(f"classifier log_prob must have shape ({z.shape[0]},), got {tuple(out.shape)}")

@@ -70,6 +70,15 @@ class _Grid:
         if times.dim() != 2 or times.shape[1] != batch or times.shape[0] < 2:
             raise ValueError(f"times must have shape (K+1,) or (K+1, {batch}) with K >= 1 steps, "
                              f"got {tuple(torch.as_tensor(times).shape)}")
+        if times.is_floating_point():
+            # NaN times give NaN levels, and every later step NaN samples. (vdm_fast's continuous
+            # schedules also check the range [0, 1] themselves.) No host sync: _assert_async.
+            torch._assert_async(~times.isnan().any(), "times must not hold NaN")
+        elif times.numel():
+            # A negative timestep is the clean level (gamma = -inf): only the last level may be
+            # clean, a step out of it would be non-finite.
+            torch._assert_async((times[:-1] >= 0).all(), "times: only the last level of an integer grid may be "
+                                "negative (the clean level)")
         self.times = times.contiguous()  # (K+1, B): what the model is fed, row by row
         self.cdt = compute_dtype(z.dtype)
         with torch.no_grad():
@@ -123,11 +132,11 @@ class _Evaluator:
         kwargs = {}
         # Outputs are cast to z's dtype (a no-op unless the model runs under autocast, say).
         if self.cfg:
-            m, uncond = self.model.outputs(z, t)
+            m, uncond = self.model.outputs(z, t)  # checked there
             kwargs.update(uncond=uncond.to(z.dtype), guidance_scale=self.w)
+            m = m.to(z.dtype)
         else:
-            m = self.model(z, t)
-        m = m.to(z.dtype)
+            m = _guidance.check_output("model(z, t)", self.model(z, t), z).to(z.dtype)
         if self.classifier is not None:
             kwargs.update(classifier_grad=self.classifier.grad(z, t),
                           grad_scale=_guidance.classifier_grad_scale(self.param, alpha, sigma, self.cs))

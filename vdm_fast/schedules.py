@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn as nn
 
-from . import parameterization
+from . import _checks, parameterization
 from ._namespace import public_dir
 
 _COEFF_DTYPES = (torch.float32, torch.float64)
@@ -139,6 +139,16 @@ class DiscreteSchedule(Schedule):
         return self._table(t.device, _check_dtype(dtype))[t]
 
 
+def _continuous_time(op: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float time t in [0, 1] as ``dtype``. Outside [0, 1] (or NaN) the schedule would be
+    extrapolated past its endpoints or give NaN levels, which then pass silently through every
+    op (non-finite samples or losses): checked like discrete timesteps, without a host sync."""
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: t must be floating-point time in [0, 1], got dtype {t.dtype}")
+    _checks.within(op, "t", t, 0.0, 1.0, "continuous time")
+    return t.to(_check_dtype(dtype))
+
+
 class LinearGamma(Schedule):
     """VDM's fixed linear schedule: gamma(t) = gamma_min + (gamma_max - gamma_min) t, t in [0, 1]."""
 
@@ -149,10 +159,7 @@ class LinearGamma(Schedule):
         self.gamma_max = float(gamma_max)
 
     def _time(self, t, dtype) -> torch.Tensor:
-        t = torch.as_tensor(t)
-        if not t.is_floating_point():
-            raise TypeError(f"t must be floating-point time in [0, 1], got dtype {t.dtype}")
-        return t.to(_check_dtype(dtype))
+        return _continuous_time(type(self).__name__, torch.as_tensor(t), dtype)
 
     def gamma(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.gamma_min + (self.gamma_max - self.gamma_min) * self._time(t, dtype)
@@ -201,10 +208,7 @@ class _LearnedGamma(Schedule, nn.Module):
         return self.b + self.w.abs()
 
     def _time(self, t, dtype) -> torch.Tensor:
-        t = torch.as_tensor(t, device=self.b.device)
-        if not t.is_floating_point():
-            raise TypeError(f"t must be floating-point time in [0, 1], got dtype {t.dtype}")
-        return t.to(_check_dtype(dtype))
+        return _continuous_time(type(self).__name__, torch.as_tensor(t, device=self.b.device), dtype)
 
     def gamma(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         t = self._time(t, dtype)

@@ -136,4 +136,4 @@ struct DiscretizedGaussianNllOp {
 };
 }  // namespace vdm_fast
 
-TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { m.impl("discretized_gaussian_nll", &vdm_fast::FusedAutograd<vdm_fast::DiscretizedGaussianNllOp>::kernel); }
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { vdm_fast::register_autograd<vdm_fast::DiscretizedGaussianNllOp>(m); }

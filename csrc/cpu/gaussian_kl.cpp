@@ -122,6 +122,4 @@ struct GaussianKlOp {
 };
 }  // namespace vdm_fast
 
-TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) {
-  m.impl("gaussian_kl", &vdm_fast::FusedAutograd<vdm_fast::GaussianKlOp>::kernel);
-}
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { vdm_fast::register_autograd<vdm_fast::GaussianKlOp>(m); }

@@ -132,4 +132,4 @@ struct PriorKlOp {
 };
 }  // namespace vdm_fast
 
-TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { m.impl("prior_kl", &vdm_fast::FusedAutograd<vdm_fast::PriorKlOp>::kernel); }
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { vdm_fast::register_autograd<vdm_fast::PriorKlOp>(m); }

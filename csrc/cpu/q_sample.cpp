@@ -123,4 +123,4 @@ struct QSampleOp {
 };
 }  // namespace vdm_fast
 
-TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { m.impl("q_sample", &vdm_fast::FusedAutograd<vdm_fast::QSampleOp>::kernel); }
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { vdm_fast::register_autograd<vdm_fast::QSampleOp>(m); }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "autograd.h"
 #include "common.h"
 #include "cpu/noise.h"
 #include "cpu/per_sample.h"
@@ -128,7 +129,17 @@ class QSampleRandn : public torch::autograd::Function<QSampleRandn> {
 std::tuple<at::Tensor, at::Tensor> q_sample_randn_autograd(const at::Tensor& x0, const at::Tensor& alpha,
                                                            const at::Tensor& sigma, const at::Tensor& seed,
                                                            int64_t offset) {
-  if (!at::GradMode::is_enabled() || !(x0.requires_grad() || alpha.requires_grad() || sigma.requires_grad())) {
+  using autograd_detail::has_tangent;
+  const bool needs_node = at::GradMode::is_enabled() && (x0.requires_grad() || alpha.requires_grad() || sigma.requires_grad());
+  // Forward mode, or a node inside a torch.func transform: the composite twin (csrc/autograd.h).
+  if (has_tangent(x0) || has_tangent(alpha) || has_tangent(sigma) ||
+      (needs_node && autograd_detail::in_functorch_transform())) {
+    return autograd_detail::composite_of("vdm_fast::q_sample_randn", "forward-mode AD")
+        .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                  const at::Tensor&, int64_t)>()
+        .call(x0, alpha, sigma, seed, offset);
+  }
+  if (!needs_node) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return q_sample_randn_call(x0, alpha, sigma, seed, offset);
   }

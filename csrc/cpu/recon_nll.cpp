@@ -131,4 +131,4 @@ struct ReconNllOp {
 };
 }  // namespace vdm_fast
 
-TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { m.impl("recon_nll", &vdm_fast::FusedAutograd<vdm_fast::ReconNllOp>::kernel); }
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { vdm_fast::register_autograd<vdm_fast::ReconNllOp>(m); }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "autograd.h"
 #include "common.h"
 #include "cpu/noise.h"
 #include "cpu/per_sample.h"
@@ -106,8 +107,9 @@ TORCH_LIBRARY_IMPL(vdm_fast, CPU, m) { m.impl("reverse_step", &vdm_fast::cpu::re
 //
 // Inference only: sampling needs no gradients, so there is no backward. The Autograd kernel below
 // makes that explicit instead of returning an output silently cut from the graph: with grad mode
-// on and any input requiring grad it raises, naming the input; otherwise (no_grad,
-// inference_mode, or plain tensors) it goes straight to the device kernel.
+// on and any input requiring grad, or an input carrying a forward-mode tangent, it raises, naming
+// the input; otherwise (no_grad, inference_mode, or plain tensors) it goes straight to the device
+// kernel.
 
 TORCH_LIBRARY_FRAGMENT(vdm_fast, m) {
   // z_next = c_z z + c_m m + c_x x̂ + c_n noise with m the (guided) model output and
@@ -130,7 +132,7 @@ at::Tensor reverse_step_autograd(const at::Tensor& z, const at::Tensor& model_ou
                                  const OptT& uncond, const OptT& guidance_scale, const OptT& classifier_grad,
                                  const OptT& grad_scale, std::optional<double> clip, const OptT& noise,
                                  const OptT& seed, int64_t offset) {
-  if (at::GradMode::is_enabled()) {
+  {
     const std::pair<const char*, const at::Tensor*> inputs[] = {
         {"z", &z},
         {"model_out", &model_out},
@@ -141,10 +143,15 @@ at::Tensor reverse_step_autograd(const at::Tensor& z, const at::Tensor& model_ou
         {"grad_scale", grad_scale ? &*grad_scale : nullptr},
         {"noise", noise ? &*noise : nullptr},
     };
+    const bool grad_mode = at::GradMode::is_enabled();
     for (const auto& [name, t] : inputs) {
-      TORCH_CHECK_VALUE(t == nullptr || !t->defined() || !t->requires_grad(), "vdm_fast::reverse_step: ", name,
+      if (t == nullptr || !t->defined()) continue;
+      TORCH_CHECK_VALUE(!(grad_mode && t->requires_grad()), "vdm_fast::reverse_step: ", name,
                         " requires grad, but reverse_step is inference-only (no backward); detach it, or call "
                         "under torch.no_grad() or torch.inference_mode()");
+      TORCH_CHECK_NOT_IMPLEMENTED(!autograd_detail::has_tangent(*t), "vdm_fast::reverse_step: ", name,
+                                  " carries a forward-mode tangent (torch.func.jvp, torch.autograd.forward_ad), but "
+                                  "reverse_step is inference-only and has no derivative; pass the primal");
     }
   }
   static const auto op = c10::Dispatcher::singleton()

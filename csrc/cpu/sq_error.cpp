@@ -170,4 +170,4 @@ struct SqErrorOp {
 };
 }  // namespace vdm_fast
 
-TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { m.impl("sq_error", &vdm_fast::FusedAutograd<vdm_fast::SqErrorOp>::kernel); }
+TORCH_LIBRARY_IMPL(vdm_fast, Autograd, m) { vdm_fast::register_autograd<vdm_fast::SqErrorOp>(m); }

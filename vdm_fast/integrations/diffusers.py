@@ -76,21 +76,47 @@ class _FusedForwardProcess:
             self._vdm_fast_schedule = cached
         return cached[1]
 
-    def _vdm_coefficients(self, timesteps, like: torch.Tensor):
-        timesteps = torch.as_tensor(timesteps, device=like.device)
-        if timesteps.dim() > 1:
-            timesteps = timesteps.flatten()
-        return self._vdm_schedule().alpha_sigma(timesteps)
+    def _vdm_broadcast(self, op: str, samples, other, names: tuple[str, str], timesteps):
+        """(samples, other, alpha, sigma) broadcast by diffusers' rule: the timesteps are flattened to
+        (N,) and their coefficients viewed as (N, 1, ..., 1) against both tensors, so N = 1 is one
+        timestep for all, N = B one per sample, and a batch of 1 (or a noise of batch 1) is broadcast
+        to N. The fused op takes what diffusers' broadcast would produce: tensors of one shape
+        (expanded views, not copies) and coefficients of its batch (0-d for one timestep)."""
+        _checks.data(op, names[0], samples)
+        _checks.data(op, names[1], other)
+        t = torch.as_tensor(timesteps, device=samples.device).flatten()
+        coeff_shape = (t.shape[0],) + (1,) * (samples.dim() - 1)
+        try:
+            shape = torch.broadcast_shapes(samples.shape, other.shape, coeff_shape)
+        except RuntimeError:
+            raise ValueError(f"{op}: {names[0]} {tuple(samples.shape)}, {names[1]} {tuple(other.shape)} and "
+                             f"{t.shape[0]} timesteps do not broadcast (the timesteps, flattened, go along dim 0: "
+                             f"one for all, or one per sample)") from None
+        alpha, sigma = self._vdm_schedule().alpha_sigma(t)
+        if t.shape[0] == 1:
+            alpha, sigma = alpha[0], sigma[0]  # one timestep for the whole batch
+        return samples.expand(shape), other.expand(shape), alpha, sigma
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """z_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, fused; timesteps per sample or one for all."""
-        alpha, sigma = self._vdm_coefficients(timesteps, original_samples)
-        return q_sample(original_samples, alpha, sigma, noise, backend=self.vdm_fast_backend)
+        """z_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, fused; timesteps broadcast as diffusers does."""
+        x0, noise, alpha, sigma = self._vdm_broadcast(f"{type(self).__name__}.add_noise", original_samples, noise,
+                                                      ("original_samples", "noise"), timesteps)
+        return q_sample(x0, alpha, sigma, noise, backend=self.vdm_fast_backend)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0: q_sample with the roles of x0 and noise swapped."""
-        alpha, sigma = self._vdm_coefficients(timesteps, sample)
+        sample, noise, alpha, sigma = self._vdm_broadcast(f"{type(self).__name__}.get_velocity", sample, noise,
+                                                          ("sample", "noise"), timesteps)
         return q_sample(noise, alpha, -sigma, sample, backend=self.vdm_fast_backend)
+
+
+def _values_key(t):
+    """A cheap key that changes when the values of tensor ``t`` change in place: its version
+    counter, which every in-place write bumps. An inference tensor (set_timesteps called under
+    torch.inference_mode) has none: then the values themselves (a host read of a short vector)."""
+    if not isinstance(t, torch.Tensor):
+        return t
+    return tuple(t.tolist()) if t.is_inference() else t._version
 
 
 def _same_state(a: tuple, b: tuple) -> bool:
@@ -241,7 +267,10 @@ class DDPMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDPMSche
     """diffusers.DDPMScheduler with fused add_noise / get_velocity / step."""
 
     def _vdm_extra_state(self) -> tuple:
-        return (self.variance_type,)
+        # The previous timestep of each t comes from the values of self.timesteps: a table built
+        # before an in-place edit of them is stale (the tensor is the same object, so its identity in
+        # _vdm_state cannot tell).
+        return (self.variance_type, _values_key(self.timesteps))
 
     def _vdm_final_alpha_cumprod(self, acp: torch.Tensor) -> float:
         return 1.0  # diffusers' self.one: no previous timestep means alpha_bar = 1

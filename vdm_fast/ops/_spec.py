@@ -10,7 +10,10 @@ sample inputs. From it come:
   ``vdm_fast::<op>_triton`` / ``<op>_backward_triton`` (the launchers ``<op>`` / ``<op>_backward``
   of ``vdm_fast.kernels.<op>``), and the Triton op's autograd (the native op's is the C++
   template of csrc/autograd.h);
-- the table of implementations per backend;
+- the composite twins that answer forward-mode AD and differentiable backwards (DESIGN.md §4.12,
+  vdm_fast/ops/_autodiff.py);
+- the table of implementations per backend (the Triton ops are registered on first use, so that
+  ``import vdm_fast`` does not import Triton);
 - the registry :data:`SPECS`, from which ``vdm_fast.ops.__all__``, ``vdm_fast.env.OPS``, the
   conformance tests (tests/test_ops.py), the CI smoke test and the benchmarks take the ops.
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -37,6 +41,7 @@ import torch
 
 from .. import _checks, _library, backends
 from ..kernels._layout import empty_out_like
+from . import _autodiff
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,10 @@ class OpSpec:
     # An op whose arguments the roles do not cover (reverse_step's optional inputs and drawn noise)
     # checks and normalises them itself: public arguments -> the native op's arguments.
     prepare_fn: Callable | None = None
+    # The Triton implementation of an op whose backward is another op's (q_sample_randn): called
+    # with the Triton forward op when the Triton ops are first registered, attaches the autograd
+    # and returns the implementation.
+    triton_fn: Callable | None = None
     impls: dict[str, Callable] = field(default_factory=dict)
 
     # --- derived facts -------------------------------------------------------------------------
@@ -151,6 +160,8 @@ class OpSpec:
 
     def implementation(self, backend: str | None, device: torch.device) -> Callable:
         name = backends.resolve(backend, device, self.name)
+        if name == "triton":
+            _load_triton(self.name)
         try:
             return self.impls[name]
         except KeyError:
@@ -195,19 +206,32 @@ class OpSpec:
     # --- registration --------------------------------------------------------------------------
 
     def register(self) -> "OpSpec":
-        """Fakes and implementations of every backend built here (call once, at import)."""
+        """Fakes and implementations of every backend built here (call once, at import). The
+        Triton ops are registered by :meth:`load_triton`, on first use."""
         self.impls["reference"] = self.reference
         if _library.native_load_error is None and hasattr(torch.ops.vdm_fast, self.name):
             torch.library.register_fake(f"vdm_fast::{self.name}")(self.fake_forward)
             if self.has_backward:
                 torch.library.register_fake(f"vdm_fast::{self.name}_backward")(self.fake_backward)
-            # Autograd of the native op is registered in C++ (csrc/autograd.h).
+            # Autograd of the native op is registered in C++ (csrc/autograd.h); above first
+            # order it calls the composite twins.
+            if self.differentiable:
+                _autodiff.register_native(self)
             self.impls["cpu"] = self.impls["cuda"] = getattr(torch.ops.vdm_fast, self.name).default
-        kernels = triton_kernels(self.name)
-        if kernels is not None:
-            self.impls["triton"] = self._register_triton(kernels)
         SPECS[self.name] = self
         return self
+
+    def load_triton(self) -> bool:
+        """Register the Triton ops of this op (importing Triton and ``vdm_fast.kernels.<op>``) on
+        the first call; whether the Triton implementation exists (False when Triton cannot be
+        imported here)."""
+        with _TRITON_LOCK:
+            if "triton" not in self.impls:
+                kernels = triton_kernels(self.name)
+                if kernels is None:
+                    return False
+                self.impls["triton"] = self._register_triton(kernels)
+        return True
 
     def _register_triton(self, kernels):
         forward = torch.library.triton_op(f"vdm_fast::{self.name}_triton", getattr(kernels, self.name),
@@ -215,15 +239,37 @@ class OpSpec:
         # Explicit fakes: triton_op derives one by running the launcher on fake tensors, which the
         # Triton interpreter (TRITON_INTERPRET=1, our CPU CI) cannot do.
         forward.register_fake(self.fake_forward)
+        if self.triton_fn is not None:
+            return self.triton_fn(forward)
         if self.has_backward:
             backward = torch.library.triton_op(f"vdm_fast::{self.name}_backward_triton",
                                                getattr(kernels, f"{self.name}_backward"), mutates_args=())
             backward.register_fake(self.fake_backward)
             self._attach_autograd(forward, backward)
-        return forward
+        return self.with_tangents(forward)
+
+    def with_tangents(self, forward: Callable) -> Callable:
+        """``forward`` (a Python-level implementation: the Triton op) with forward-mode AD and
+        torch.func.grad: such a call runs the composite twin (DESIGN.md §4.12); an op without
+        derivatives whose output depends on its data refuses a tangent."""
+        if self.differentiable:
+            composite = _autodiff.forward(self)
+
+            def implementation(*args):
+                return composite(*args) if _autodiff.needs_composite(args) else forward(*args)
+        elif any(a.role == DATA for a in self.args):
+            names = [a.name for a in self.native_args()]
+
+            def implementation(*args):
+                _autodiff.reject_tangent(self.name, names, args)
+                return forward(*args)
+        else:  # the output depends on no input's values (randn_like): its tangent is zero
+            return forward
+        return implementation
 
     def _attach_autograd(self, forward, backward) -> None:
         positions, args = self.differentiable, self.native_args()
+        composite = _autodiff.backward(self)
 
         def setup_context(ctx, inputs, output):
             ctx.save_for_backward(*(v for v in inputs if isinstance(v, torch.Tensor)))
@@ -236,7 +282,9 @@ class OpSpec:
             inputs += [a.default for a in args[len(inputs):]]
             needs = ctx.needs_input_grad
             mask = [i < len(needs) and needs[i] for i in positions]
-            grads = backward(grad.contiguous(), *inputs, mask)
+            # Grad mode on in a backward: create_graph=True, the gradients get differentiated.
+            run = composite if torch.is_grad_enabled() else backward
+            grads = run(grad.contiguous(), *inputs, mask)
             out = [None] * len(ctx.needs_input_grad)
             for i, want, g in zip(positions, mask, grads):
                 if want:
@@ -247,6 +295,17 @@ class OpSpec:
 
 
 _SAVED = object()  # marks an input saved with save_for_backward
+_TRITON_LOCK = threading.RLock()  # load_triton of q_sample_randn loads q_sample's
+
+
+@backends.assume_constant_result
+def _load_triton(name: str) -> bool:
+    """Load the Triton ops of op ``name``; under torch.compile this runs eagerly while tracing
+    (assume_constant_result), so a compiled function may be the first to use the backend."""
+    if not SPECS[name].load_triton():
+        raise RuntimeError(f"{name}: the triton backend was chosen, but vdm_fast.kernels.{name} could not be "
+                           "imported (set logging to DEBUG for vdm_fast.ops._spec to see why)")
+    return True
 
 
 # --- sample inputs (tests, benchmarks, the CI smoke test) ------------------------------------------

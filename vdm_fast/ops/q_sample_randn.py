@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ._spec import COEFF, DATA, GENERATOR, LIKE_DATA, Arg, OpSpec, normal, uniform
-from . import q_sample as _q_sample  # noqa: F401  (registers q_sample_backward_triton, used below)
+from . import _autodiff
+from . import q_sample as _q_sample  # noqa: F401  (q_sample's spec is registered first: its backward is used)
+from ._spec import COEFF, DATA, GENERATOR, LIKE_DATA, SPECS, Arg, OpSpec, normal, uniform
 
 NAME = "q_sample_randn"
 
@@ -25,9 +26,38 @@ def sample_inputs(shape, dtype, device, generator):
             torch.Generator().manual_seed(int(torch.randint(2**31, (), generator=generator))))
 
 
+def _triton(forward):
+    """The Triton implementation (OpSpec.triton_fn): the forward op with q_sample's Triton backward
+    attached (there is no q_sample_randn_backward), the noise a constant as on the other backends,
+    and forward-mode AD through the composite twin (DESIGN.md §4.12)."""
+    q_sample = SPECS["q_sample"]
+    q_sample.load_triton()  # registers q_sample_backward_triton
+    fused_backward = torch.ops.vdm_fast.q_sample_backward_triton.default
+    composite_backward = _autodiff.backward(q_sample)
+
+    def setup_context(ctx, inputs, output):
+        x0, alpha, sigma, _seed, _offset = inputs
+        ctx.save_for_backward(x0, alpha, sigma, output[1])
+
+    def backward(ctx, grad_z, grad_noise):
+        x0, alpha, sigma, noise = ctx.saved_tensors
+        need_x0, need_alpha, need_sigma = ctx.needs_input_grad[:3]
+        run = composite_backward if torch.is_grad_enabled() else fused_backward  # create_graph: composite
+        gx, ga, gs, _ = run(grad_z.contiguous(), x0, alpha, sigma, noise, [need_x0, need_alpha, need_sigma, False])
+        return gx if need_x0 else None, ga if need_alpha else None, gs if need_sigma else None, None, None
+
+    torch.library.register_autograd(forward, backward, setup_context=setup_context)
+
+    def implementation(x0, alpha, sigma, seed, offset):
+        z, noise = forward(x0, alpha, sigma, seed, offset)
+        return z, noise.detach()
+
+    return SPEC.with_tangents(implementation)
+
+
 # Differentiable in x0, alpha, sigma through q_sample's backward with the returned noise (the
 # noise is a constant): the native op's autograd is csrc/cpu/q_sample_randn.cpp, the Triton op's
-# is attached below; there is no q_sample_randn_backward.
+# is attached by _triton; there is no q_sample_randn_backward.
 SPEC = OpSpec(
     NAME,
     args=(Arg("x0", DATA, grad=True), Arg("alpha", COEFF, grad=True), Arg("sigma", COEFF, grad=True),
@@ -36,30 +66,8 @@ SPEC = OpSpec(
     reference=reference.q_sample_randn,
     sample_inputs=sample_inputs,
     fused_backward=False,
+    triton_fn=_triton,
 ).register()
-
-if "triton" in SPEC.impls:
-    q_sample_randn_triton = SPEC.impls["triton"]
-    q_sample_backward_triton = torch.ops.vdm_fast.q_sample_backward_triton.default
-
-    def _setup_context(ctx, inputs, output):
-        x0, alpha, sigma, _seed, _offset = inputs
-        ctx.save_for_backward(x0, alpha, sigma, output[1])
-
-    def _backward(ctx, grad_z, grad_noise):
-        x0, alpha, sigma, noise = ctx.saved_tensors
-        need_x0, need_alpha, need_sigma = ctx.needs_input_grad[:3]
-        gx, ga, gs, _ = q_sample_backward_triton(grad_z, x0, alpha, sigma, noise,
-                                                 [need_x0, need_alpha, need_sigma, False])
-        return gx if need_x0 else None, ga if need_alpha else None, gs if need_sigma else None, None, None
-
-    torch.library.register_autograd(q_sample_randn_triton, _backward, setup_context=_setup_context)
-
-    def _triton(x0, alpha, sigma, seed, offset):
-        z, noise = q_sample_randn_triton(x0, alpha, sigma, seed, offset)
-        return z, noise.detach()  # a constant, as on the other backends
-
-    SPEC.impls["triton"] = _triton
 
 
 def q_sample_randn(x0: torch.Tensor, alpha, sigma, generator: torch.Generator | None = None, *,
@@ -80,5 +88,12 @@ def q_sample_randn(x0: torch.Tensor, alpha, sigma, generator: torch.Generator | 
         rounded to x0's dtype, and z is computed from the rounded noise, so
         ``z == q_sample(x0, alpha, sigma, noise)``. z is differentiable in x0, alpha and sigma;
         the noise is a constant.
+
+    Activation checkpointing: ``torch.utils.checkpoint`` recomputes the forward in the backward
+    but restores only the default generators, so with an explicit ``generator`` the recompute
+    draws different noise and the gradients are wrong (a PyTorch limit, DESIGN.md §6). Inside a
+    checkpointed function, either draw the noise outside it and pass it in
+    (``noise = randn_like(x0, generator)`` outside, ``q_sample(x0, alpha, sigma, noise)`` inside),
+    or use the default generator (``generator=None``), whose state checkpoint restores.
     """
     return SPEC(x0, alpha, sigma, generator, backend=backend)

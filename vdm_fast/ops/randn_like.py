@@ -70,5 +70,10 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None = None, *, bac
     Returns:
         Noise of ``x``'s shape and dtype (drawn in float32, then cast), in ``x``'s layout when
         ``x`` is batch-major dense (DESIGN.md §4.8), else contiguous. Never requires grad.
+
+    Activation checkpointing: ``torch.utils.checkpoint`` restores only the default generators
+    before its recompute, so inside a checkpointed function an explicit ``generator`` gives
+    different noise on the recompute (a PyTorch limit, DESIGN.md §6). Draw the noise outside the
+    checkpointed function and pass it in, or use the default generator (``generator=None``).
     """
     return SPEC(x, generator, backend=backend)

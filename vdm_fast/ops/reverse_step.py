@@ -16,6 +16,7 @@ import numbers
 import torch
 
 from .. import _checks, reference
+from . import _autodiff
 from ._spec import DATA, LIKE_DATA, OTHER, Arg, OpSpec, normal, uniform
 from .randn_like import draw_seed
 
@@ -174,6 +175,9 @@ def _prepare(z, model_out, coeffs, *, uncond=None, guidance_scale=None, classifi
     _reject_grad((("z", z), ("model_out", model_out), ("coeffs", coeffs), ("uncond", uncond),
                   ("guidance_scale", guidance_scale), ("classifier_grad", classifier_grad),
                   ("grad_scale", grad_scale), ("noise", noise)))
+    _autodiff.reject_tangent(NAME, ("z", "model_out", "coeffs", "uncond", "guidance_scale", "classifier_grad",
+                                    "grad_scale", "noise"),
+                             (z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, noise))
     if stochastic is False and noise is not None:
         raise ValueError(f"{NAME}: stochastic=False but noise was given; pass one or the other")
     seed = None
