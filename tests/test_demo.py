@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vdm_fast.demo import checkpoint
+from vdm_fast.demo import checkpoint, train
 
 # --- checkpoints (issue 7: weights_only, truncated/corrupted files, the previous good one kept) ---
 
@@ -85,7 +85,7 @@ def _loss_and_grads(world: int, rank: int, steps: int = 2):
     of the last step and the (DDP-averaged) gradients."""
     from torch import nn
 
-    from vdm_fast.demo import data, train
+    from vdm_fast.demo import data
 
     torch.manual_seed(0)
     split, _ = data.load(seed=0)
@@ -113,7 +113,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         if rank == 0:
             torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, out)
     finally:
-        dist.destroy_process_group()
+        train.shutdown()  # the demo's teardown, which a two-process run needs (see its docstring)
 
 
 def test_two_processes_equal_one_on_the_same_global_batch(tmp_path):
