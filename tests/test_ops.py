@@ -574,8 +574,7 @@ def bad_cases(spec):
                 cases += [(f"{n}-shape", i, lambda v: v[:, :-1], ValueError, n),
                           (f"{n}-permuted", i, lambda v: v.transpose(1, 2), ValueError, n),  # same numel
                           (f"{n}-rank", i, lambda v: v[..., 0], ValueError, n),
-                          (f"{n}-dtype", i, lambda v: v.double(), TypeError, n),
-                          (f"{n}-half", i, lambda v: v.half(), TypeError, n),
+                          (f"{n}-complex", i, lambda v: v.to(torch.complex64), TypeError, n),  # float dtypes promote
                           (f"{n}-device", i, lambda v: v.to("meta"), ValueError, n)]
             if arg.role == DATA and i == data[0]:
                 cases.append((f"{n}-0d", i, lambda v: v.flatten()[0], ValueError, n))

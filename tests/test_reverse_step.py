@@ -611,7 +611,7 @@ def test_bad_inputs_name_the_argument(case, exc, match):
     args.update(
         {
             "model_out_shape": dict(model_out=torch.randn(4, 3, 6)),
-            "model_out_dtype": dict(model_out=m.double()),
+            "model_out_dtype": dict(model_out=m.to(torch.int32)),  # a float dtype is promoted
             "int_z": dict(z=torch.ones(4, 3, 5, dtype=torch.int64)),
             "scalar_z": dict(z=torch.tensor(1.0), model_out=torch.tensor(1.0)),
             "list_z": dict(z=[1.0, 2.0]),
@@ -627,9 +627,9 @@ def test_bad_inputs_name_the_argument(case, exc, match):
             "classifier_grad_alone": dict(classifier_grad=torch.randn(4, 3, 5)),
             "grad_scale_alone": dict(grad_scale=1.0),
             "grad_scale_bool": dict(classifier_grad=torch.randn(4, 3, 5), grad_scale=True),
-            "classifier_grad_dtype": dict(classifier_grad=torch.randn(4, 3, 5, dtype=torch.float64), grad_scale=1.0),
+            "classifier_grad_dtype": dict(classifier_grad=torch.ones(4, 3, 5, dtype=torch.int64), grad_scale=1.0),
             "noise_shape": dict(noise=torch.randn(4, 3, 6)),
-            "noise_dtype": dict(noise=kw["noise"].double()),
+            "noise_dtype": dict(noise=kw["noise"].to(torch.int32)),
             "noise_device": dict(noise=kw["noise"].to(meta)),
             "clip_negative": dict(clip=-1.0),
             "clip_bool": dict(clip=True),

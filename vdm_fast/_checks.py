@@ -32,16 +32,38 @@ def data(op: str, name: str, x) -> torch.Tensor:
 
 
 def same_as(op: str, name: str, t, ref: torch.Tensor, ref_name: str) -> torch.Tensor:
-    if type(t) is torch.Tensor and t.dtype is ref.dtype and t.shape == ref.shape and t.device == ref.device:
+    """``t`` is a data tensor of ``ref``'s shape and device; its dtype may differ (``promote``)."""
+    if type(t) is torch.Tensor and t.dtype in DATA_DTYPES and t.shape == ref.shape and t.device == ref.device:
         return t  # fast path
     data(op, name, t)
     if t.shape != ref.shape:
         raise ValueError(f"{op}: {name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)}")
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{op}: {name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
     if t.device != ref.device:
         raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
     return t
+
+
+def data_dtype(tensors) -> torch.dtype:
+    """The dtype an op computes its data outputs in (DESIGN.md §4.13): torch's type promotion of the
+    data arguments' dtypes (``torch.result_type``: bfloat16 with float16 gives float32, a float32
+    argument makes the result float32, a float64 one float64), raised to float32 under autocast for
+    the data's device (autocast's float32 policy for losses and other precision-sensitive ops)."""
+    it = iter(tensors)
+    first = next(it)
+    dtype = first.dtype
+    for t in it:
+        if t.dtype is not dtype:
+            dtype = torch.promote_types(dtype, t.dtype)
+    if dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(first.device.type):
+        dtype = torch.float32
+    return dtype
+
+
+def promote(tensors, dtype: torch.dtype) -> list:
+    """``tensors`` in ``dtype`` (None stays None). A differentiable cast: the gradient reaches a
+    lower-precision argument in its own dtype. Reading a float16/bfloat16 value into float32 is
+    exact, so the op's result is the one it gives on the promoted values."""
+    return [t if t is None or t.dtype is dtype else t.to(dtype) for t in tensors]
 
 
 def per_sample(op: str, name: str, value, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -123,7 +123,7 @@ def calc_bpd_loop(model, x0: torch.Tensor, schedule: DiscreteSchedule, *, parame
     """
     if not isinstance(schedule, DiscreteSchedule):
         raise TypeError(f"schedule must be a DiscreteSchedule, got {type(schedule).__name__}")
-    check(parameterization)
+    parameterization = check(parameterization)
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.dim() == 0:

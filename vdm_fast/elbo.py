@@ -118,7 +118,7 @@ def diffusion_weight(schedule, t: torch.Tensor, parameterization: str = "eps", T
     that both are finite at SNR_t = 0. The T-step difference gamma_t - gamma_s is computed in
     float64 (it is small for large T).
     """
-    check(parameterization)
+    parameterization = check(parameterization)
     if T is None:
         if not hasattr(schedule, "gamma_prime"):
             raise TypeError(f"schedule: the continuous-time ELBO needs gamma_prime(t); "
@@ -145,7 +145,7 @@ def min_snr_weight(gamma: torch.Tensor, parameterization: str = "eps", snr_gamma
     sigma^2. Converted from eps space (min(1, snr_gamma / SNR)) for eps and score and from x0 space
     for x0 and v, so that all are finite at SNR = 0.
     """
-    check(parameterization)
+    parameterization = check(parameterization)
     if parameterization in ("eps", "score"):
         w, space = torch.clamp(snr_gamma / snr(gamma), max=1.0), "eps"
     else:
@@ -156,7 +156,8 @@ def min_snr_weight(gamma: torch.Tensor, parameterization: str = "eps", snr_gamma
 # --- the bound ------------------------------------------------------------------------------------
 
 
-def _check_common(x0, schedule, T, parameterization, t, noise, recon_noise):
+def _check_common(x0, schedule, T, parameterization, t, noise, recon_noise) -> str:
+    """The checks every bound makes; returns the parameterization's name (``check``)."""
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.dim() == 0:
         raise TypeError("x0 must be a floating-point tensor with a batch dimension")
     if isinstance(schedule, DiscreteSchedule):
@@ -164,7 +165,7 @@ def _check_common(x0, schedule, T, parameterization, t, noise, recon_noise):
                         "table use vdm_fast.bpd.calc_bpd_loop")
     if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1):
         raise ValueError(f"T must be None (continuous time) or an int >= 1, got {T!r}")
-    check(parameterization)
+    parameterization = check(parameterization)
     if t is not None and (not isinstance(t, torch.Tensor) or t.shape != x0.shape[:1]):
         raise ValueError(f"t must be a tensor of shape ({x0.shape[0]},), got "
                          f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
@@ -173,6 +174,7 @@ def _check_common(x0, schedule, T, parameterization, t, noise, recon_noise):
     for name, n in (("noise", noise), ("recon_noise", recon_noise)):
         if n is not None and (not isinstance(n, torch.Tensor) or n.shape != x0.shape):
             raise ValueError(f"{name} must be a tensor of the shape of x0 {tuple(x0.shape)}")
+    return parameterization
 
 
 def _check_time(op: str, schedule, t: torch.Tensor) -> None:
@@ -200,7 +202,9 @@ def _model_out(model, z, t, x0):
                          f"{tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__}")
     if not m.is_floating_point():  # an integer output would be cast silently
         raise TypeError(f"model(z, t) must return a floating-point tensor, got {m.dtype}")
-    return m.to(x0.dtype)
+    # In its own dtype: sq_error promotes (a bfloat16 output under autocast is read exactly, next to
+    # float32 data), where a cast to x0's dtype would round a float32 output of bfloat16 data.
+    return m
 
 
 def elbo(model, x0: torch.Tensor, schedule, *, T: int | None = None, parameterization: str = "eps",
@@ -228,7 +232,7 @@ def elbo(model, x0: torch.Tensor, schedule, *, T: int | None = None, parameteriz
         :class:`ELBOTerms` (recon, prior, diffusion, (B,) nats; ``.total``, ``.bpd``,
         ``.bpd_terms()``). Differentiable in the model's and the schedule's parameters.
     """
-    _check_common(x0, schedule, T, parameterization, t, noise, recon_noise)
+    parameterization = _check_common(x0, schedule, T, parameterization, t, noise, recon_noise)
     B = x0.shape[0]
     cdt = compute_dtype(x0.dtype)
     t = _draw_t(x0, t, T, antithetic, generator)
@@ -282,7 +286,7 @@ class VDMLoss(nn.Module):
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        check(parameterization)
+        parameterization = check(parameterization)
         if weighting == "elbo" and isinstance(schedule, DiscreteSchedule):
             raise TypeError("schedule: weighting='elbo' needs a continuous-time schedule; for a DiscreteSchedule "
                             "use weighting='simple' or 'min_snr' (bits/dim: vdm_fast.bpd.calc_bpd_loop)")

@@ -32,12 +32,19 @@ import torch.nn.functional as F
 from ._namespace import public_dir
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "score")
+# diffusers' prediction_type spellings of the same parameterizations, accepted wherever a
+# parameterization or a regression target is named.
+DIFFUSERS_NAMES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 
 
 def check(parameterization: str, name: str = "parameterization") -> str:
-    """``parameterization`` if it is one of PARAMETERIZATIONS, else a ValueError naming ``name``."""
+    """The parameterization's name in PARAMETERIZATIONS (diffusers' spelling translated), else a
+    ValueError naming ``name``. Callers use the returned name."""
+    if isinstance(parameterization, str):
+        parameterization = DIFFUSERS_NAMES.get(parameterization, parameterization)
     if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"{name} must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+        raise ValueError(f"{name} must be one of {PARAMETERIZATIONS} (or diffusers' {tuple(DIFFUSERS_NAMES)}), "
+                         f"got {parameterization!r}")
     return parameterization
 
 
@@ -233,7 +240,7 @@ def score_shift_scale(parameterization: str, alpha, sigma):
 
 
 __all__ = [
-    "PARAMETERIZATIONS", "check", "alpha_sigma_squared", "alpha_sigma", "snr", "gamma_from_alpha_bar", "alpha_ratio",
+    "PARAMETERIZATIONS", "DIFFUSERS_NAMES", "check", "alpha_sigma_squared", "alpha_sigma", "snr", "gamma_from_alpha_bar", "alpha_ratio",
     "sigma_ratio", "snr_ratio", "one_minus_snr_ratio", "one_minus_alpha_sq_ratio", "x0_coeffs", "eps_coeffs",
     "score_coeffs", "v_coeffs", "conversion_coeffs", "convert", "regression_target", "sq_error_scale",
     "score_shift_scale",

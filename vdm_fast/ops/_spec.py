@@ -17,12 +17,12 @@ sample inputs. From it come:
 - the registry :data:`SPECS`, from which ``vdm_fast.ops.__all__``, ``vdm_fast.env.OPS``, the
   conformance tests (tests/test_ops.py), the CI smoke test and the benchmarks take the ops.
 
-The dtype rule is the spec's too: every data argument has the first one's dtype, per-sample
-coefficients and per-sample outputs are in the compute dtype (float64 for float64 data, float32
-otherwise: ``_checks.compute_dtype``), outputs shaped like the data take the data's dtype. A
-per-argument dtype (a low-precision model output next to float32 data) becomes a field of
-:class:`Arg`, read by :meth:`OpSpec.prepare` and the fake kernels, the two places the rule is
-applied in Python.
+The dtype rule is the spec's too (DESIGN.md §4.13): the public call promotes the data arguments to
+one dtype (``_checks.data_dtype``: torch's promotion, float32 at least under autocast), so the
+native and Triton ops see one data dtype; per-sample coefficients and per-sample outputs are in
+the compute dtype (float64 for float64 data, float32 otherwise: ``_checks.compute_dtype``),
+outputs shaped like the data take the promoted dtype. The raw ops get autocast kernels
+(:func:`_register_autocast`) that apply the same rule.
 
 Every backward follows one convention (csrc/autograd.h): ``<op>_backward(grad, *forward_args,
 output_mask)`` with the forward's arguments in the forward's order, and one mask entry and one
@@ -67,6 +67,7 @@ class Arg:
     default: object = None             # CHOICE: the default name
     positive: bool = False             # COEFF: a scale whose log or inverse is taken (DESIGN.md §4.10)
     bounds: tuple[float, float] | None = None  # DATA: the decoder's data range, NaN rejected (DESIGN.md §4.10)
+    aliases: dict = field(default_factory=dict, hash=False, compare=False)  # CHOICE: other spellings -> a choice
 
 
 @dataclass
@@ -115,23 +116,28 @@ class OpSpec:
     # --- the public call -----------------------------------------------------------------------
 
     def prepare(self, *values, **options) -> tuple:
-        """The public arguments checked (errors name the argument) and normalised: data tensors as
-        they are, coefficients as contiguous (B,) tensors of the compute dtype on the data's device,
+        """The public arguments checked (errors name the argument) and normalised: data tensors in
+        their promoted dtype (``_checks.data_dtype``), coefficients as contiguous (B,) tensors of the compute dtype on the data's device,
         a generator drawn into (seed, 0). Returns the native ops' arguments."""
         if self.prepare_fn is not None:
             return self.prepare_fn(*values, **options)
         op, first, out = self.name, None, []
+        data = [(arg.name, value) for arg, value in zip(self.args, values) if arg.role == DATA]
+        if data:
+            first_name, first = data[0]
+            _checks.data(op, first_name, first)
+            for name, value in data[1:]:
+                _checks.same_as(op, name, value, first, first_name)
+            # Mixed dtypes (a bfloat16 model output next to float32 data) are computed in the
+            # promoted dtype (DESIGN.md §4.13).
+            dtype = _checks.data_dtype(v for _, v in data)
+            promoted = iter(_checks.promote([v for _, v in data], dtype))
+            cdt = _checks.compute_dtype(dtype)
         for arg, value in zip(self.args, values):
             if arg.role == DATA:
-                if first is None:
-                    first = _checks.data(op, arg.name, value)
-                    first_name = arg.name
-                else:
-                    _checks.same_as(op, arg.name, value, first, first_name)
-                out.append(value)
+                out.append(next(promoted))
             elif arg.role == COEFF:
-                value = _checks.per_sample(op, arg.name, value, first.shape[0], first.device,
-                                           _checks.compute_dtype(first.dtype))
+                value = _checks.per_sample(op, arg.name, value, first.shape[0], first.device, cdt)
                 if arg.positive:
                     _checks.positive(op, arg.name, value)
                 out.append(value)
@@ -143,6 +149,7 @@ class OpSpec:
                 first, first_name = value, arg.name
                 out.append(value.detach())
             elif arg.role == CHOICE:
+                value = arg.aliases.get(value, value) if isinstance(value, str) else value
                 if value not in arg.choices:
                     raise ValueError(f"{op}: {arg.name} must be one of {arg.choices}, got {value!r}")
                 out.append(value)
@@ -217,6 +224,7 @@ class OpSpec:
             # order it calls the composite twins.
             if self.differentiable:
                 _autodiff.register_native(self)
+            self._register_autocast(f"vdm_fast::{self.name}")
             self.impls["cpu"] = self.impls["cuda"] = getattr(torch.ops.vdm_fast, self.name).default
         SPECS[self.name] = self
         return self
@@ -239,6 +247,7 @@ class OpSpec:
         # Explicit fakes: triton_op derives one by running the launcher on fake tensors, which the
         # Triton interpreter (TRITON_INTERPRET=1, our CPU CI) cannot do.
         forward.register_fake(self.fake_forward)
+        self._register_autocast(forward)
         if self.triton_fn is not None:
             return self.triton_fn(forward)
         if self.has_backward:
@@ -266,6 +275,18 @@ class OpSpec:
         else:  # the output depends on no input's values (randn_like): its tangent is zero
             return forward
         return implementation
+
+    def _register_autocast(self, op) -> None:
+        """Under autocast an op on data runs in float32 (float64 data stays float64): autocast's
+        policy for losses and other precision-sensitive ops, and the rule of ``_checks.data_dtype``
+        that the public functions apply. The casts are differentiable, so gradients reach a
+        float16/bfloat16 model in its dtype. randn_like, whose output dtype is its argument's and
+        whose values depend on none, keeps its input's dtype."""
+        if not any(a.role == DATA for a in self.args):
+            return
+        for device_type in ("cpu", "cuda"):
+            if torch._C._is_autocast_available(device_type):
+                torch.library.register_autocast(op, device_type, torch.float32, lib=_AUTOCAST_LIB)
 
     def _attach_autograd(self, forward, backward) -> None:
         positions, args = self.differentiable, self.native_args()
@@ -295,6 +316,7 @@ class OpSpec:
 
 
 _SAVED = object()  # marks an input saved with save_for_backward
+_AUTOCAST_LIB = torch.library.Library("vdm_fast", "IMPL")  # the autocast kernels, for the process's life
 _TRITON_LOCK = threading.RLock()  # load_triton of q_sample_randn loads q_sample's
 
 

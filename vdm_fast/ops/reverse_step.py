@@ -99,6 +99,9 @@ def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=Non
                  stochastic: bool | None = None, backend: str | None = None) -> torch.Tensor:
     """One reverse (sampling) step, fused: guidance, x̂ (optionally clipped) and the affine update.
 
+    The data inputs (z, model_out, uncond, classifier_grad, noise) may differ in dtype: the step is
+    computed and returned in their promoted dtype (float32 at least under autocast; DESIGN.md §4.13).
+
     Per element: m = model_out, or uncond + w (model_out - uncond) with classifier-free guidance;
     m += grad_scale * classifier_grad with classifier guidance; x̂ = a_z z + a_m m, clamped to
     [-clip, clip] when clip is given; z_next = c_z z + c_m m + c_x x̂ + c_n n.
@@ -130,7 +133,7 @@ def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=Non
         backend: see :mod:`vdm_fast.backends`.
 
     Returns:
-        z_next, shape and dtype of z (strides of z when z is batch-major dense). Not
+        z_next, shape of z, in the promoted dtype (z's when the inputs share it; strides of z when z is batch-major dense). Not
         differentiable: an input that requires grad while grad mode is on raises ValueError.
     """
     return SPEC(z, model_out, coeffs, uncond=uncond, guidance_scale=guidance_scale,
@@ -145,8 +148,7 @@ def _guidance_pair(z, cdt, tensor_name, tensor, scale_name, scale, kind):
                          f"got {tensor_name if tensor is not None else scale_name} alone")
     if tensor is None:
         return None, None
-    return (_checks.same_as(NAME, tensor_name, tensor, z, "z"),
-            _checks.per_sample(NAME, scale_name, scale, z.shape[0], z.device, cdt))
+    return tensor, _checks.per_sample(NAME, scale_name, scale, z.shape[0], z.device, cdt)
 
 
 def _prepare(z, model_out, coeffs, *, uncond=None, guidance_scale=None, classifier_grad=None, grad_scale=None,
@@ -155,7 +157,15 @@ def _prepare(z, model_out, coeffs, *, uncond=None, guidance_scale=None, classifi
     native op's: coefficients (6, B) in the compute dtype, guidance pairs, clip, noise or a drawn seed."""
     _checks.data(NAME, "z", z)
     _checks.same_as(NAME, "model_out", model_out, z, "z")
-    batch, cdt = z.shape[0], _checks.compute_dtype(z.dtype)
+    for name, t in (("uncond", uncond), ("classifier_grad", classifier_grad), ("noise", noise)):
+        if t is not None:
+            _checks.same_as(NAME, name, t, z, "z")
+    # Mixed dtypes (a bfloat16 model's output next to a float32 latent) are computed and returned
+    # in the promoted dtype (DESIGN.md §4.13).
+    dtype = _checks.data_dtype(t for t in (z, model_out, uncond, classifier_grad, noise) if t is not None)
+    z, model_out, uncond, classifier_grad, noise = _checks.promote((z, model_out, uncond, classifier_grad, noise),
+                                                                   dtype)
+    batch, cdt = z.shape[0], _checks.compute_dtype(dtype)
     coeffs_arg = coeffs
     coeffs = step_coeffs(NAME, coeffs, batch, z.device, cdt)
     uncond, guidance_scale = _guidance_pair(z, cdt, "uncond", uncond, "guidance_scale", guidance_scale,
@@ -166,8 +176,6 @@ def _prepare(z, model_out, coeffs, *, uncond=None, guidance_scale=None, classifi
         if not isinstance(clip, numbers.Real) or isinstance(clip, bool) or not clip > 0:
             raise ValueError(f"{NAME}: clip must be a positive float or None, got {clip!r}")
         clip = float(clip)
-    if noise is not None:
-        _checks.same_as(NAME, "noise", noise, z, "z")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{NAME}: generator must be a torch.Generator, got {type(generator).__name__}")
     if stochastic is not None and not isinstance(stochastic, bool):

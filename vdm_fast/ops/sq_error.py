@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
+from ..parameterization import DIFFUSERS_NAMES
 from ._spec import CHOICE, COEFF, DATA, PER_SAMPLE, Arg, OpSpec, normal, uniform
 
 
@@ -26,7 +27,7 @@ SPEC = OpSpec(
     "sq_error",
     args=(Arg("pred", DATA, grad=True), Arg("x0", DATA, grad=True), Arg("noise", DATA, grad=True),
           Arg("alpha", COEFF, grad=True), Arg("sigma", COEFF, grad=True),
-          Arg("target", CHOICE, choices=reference.TARGETS, default="eps")),
+          Arg("target", CHOICE, choices=reference.TARGETS, default="eps", aliases=DIFFUSERS_NAMES)),
     outputs=(PER_SAMPLE,),
     reference=reference.sq_error,
     sample_inputs=sample_inputs,
@@ -37,12 +38,19 @@ def sq_error(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, alpha, s
              backend: str | None = None) -> torch.Tensor:
     """Per-sample squared error of a model output against its parameterization's target.
 
+    A **sum** over each sample's elements, the ELBO's ||m - target||^2: ``F.mse_loss(pred, target)``
+    (diffusers' training loss) is ``sq_error(...).mean() / x0[0].numel()``.
+
     Args:
         pred: model output, shape (B, ...), float32/float64/float16/bfloat16.
-        x0, noise: the clean data and the noise that made z_t; same shape, dtype, device as pred.
+        x0, noise: the clean data and the noise that made z_t; same shape and device as pred. The
+            three may differ in dtype (a bfloat16 model output next to float32 data): the error is
+            computed in float32 (float64 if any is float64; DESIGN.md §4.13) and each gradient
+            comes back in its input's dtype.
         alpha, sigma: per-sample scales of z_t (float, 0-d, (B,) or (B, 1, ..., 1)).
         target: ``"eps"`` (noise), ``"x0"``, ``"v"`` (alpha*noise - sigma*x0) or ``"score"``
-            (-noise/sigma).
+            (-noise/sigma); diffusers' ``"epsilon"``, ``"sample"`` and ``"v_prediction"`` name the
+            first three.
         backend: see :mod:`vdm_fast.backends`.
 
     Returns:
