@@ -15,6 +15,7 @@ namespace vdm_fast {
 
 struct StepInputs {
   at::Tensor out, z, model_out, uncond, grad, noise;  // data, all in out's layout (optional ones undefined)
+  at::Tensor x0_out;                                  // x̂, in out's layout (reverse_step_with_x0 only)
   at::Tensor coeffs, guidance_scale, grad_scale;      // per-sample, compute dtype (optional ones undefined)
   at::Tensor seed;                                    // Philox seed (NoiseSource::kPhilox only)
   uint64_t offset = 0;                                // Philox stream offset
@@ -29,7 +30,8 @@ inline StepInputs prepare_reverse_step(const char* op, const at::Tensor& z, cons
                                        const std::optional<at::Tensor>& classifier_grad,
                                        const std::optional<at::Tensor>& grad_scale, std::optional<double> clip,
                                        const std::optional<at::Tensor>& noise,
-                                       const std::optional<at::Tensor>& seed, int64_t offset) {
+                                       const std::optional<at::Tensor>& seed, int64_t offset,
+                                       bool with_x0 = false) {
   check_data(op, "z", z);
   check_same_data(op, "model_out", model_out, z, "z");
   StepInputs in;
@@ -78,6 +80,7 @@ inline StepInputs prepare_reverse_step(const char* op, const at::Tensor& z, cons
   in.clip = clip.value_or(0.0);
 
   in.out = new_output_like(z);
+  if (with_x0) in.x0_out = at::empty_like(in.out);  // the same layout as out
   if (in.out.numel() == 0) return in;
   in.z = in_layout_of(z, in.out);
   in.model_out = in_layout_of(model_out, in.out);
@@ -92,6 +95,7 @@ inline StepInputs prepare_reverse_step(const char* op, const at::Tensor& z, cons
 template <typename scalar_t>
 struct StepPtrs {
   scalar_t* out;
+  scalar_t* x0_out;  // null unless reverse_step_with_x0
   const scalar_t *z, *model_out, *uncond, *grad, *noise;  // noise: the tensor (NoiseSource::kTensor)
   const acc_t<scalar_t> *coeffs, *guidance_scale, *grad_scale;
   acc_t<scalar_t> clip;
@@ -102,6 +106,7 @@ StepPtrs<scalar_t> step_ptrs(const StepInputs& in) {
   using acc = acc_t<scalar_t>;
   const bool cfg = in.flags.cfg, cg = in.flags.cg, tensor_noise = in.flags.noise == NoiseSource::kTensor;
   return {in.out.mutable_data_ptr<scalar_t>(),
+          in.x0_out.defined() ? in.x0_out.mutable_data_ptr<scalar_t>() : nullptr,
           in.z.const_data_ptr<scalar_t>(),
           in.model_out.const_data_ptr<scalar_t>(),
           cfg ? in.uncond.const_data_ptr<scalar_t>() : nullptr,

@@ -61,14 +61,17 @@ C10_HOST_DEVICE inline StepScalars<acc_t> load_step_scalars(const acc_t* coeffs,
 
 // c_z z + c_m m + c_x x̂ for one element, with m the guided model output and x̂ = a_z z + a_m m,
 // clamped to [-clip, clip] when CLIP. The comparisons keep a NaN x̂ NaN, as torch.clamp does.
+// x̂ is also stored to *x_hat_out when that is not null (reverse_step_with_x0's second output;
+// inlined with a null constant, the store disappears).
 template <bool CFG, bool CG, bool CLIP, typename acc_t>
 C10_HOST_DEVICE inline acc_t step_mean(acc_t z, acc_t model_out, acc_t uncond, acc_t grad,
-                                            const StepScalars<acc_t>& s) {
+                                            const StepScalars<acc_t>& s, acc_t* x_hat_out = nullptr) {
   acc_t m = model_out;
   if constexpr (CFG) m = uncond + s.w * (model_out - uncond);
   if constexpr (CG) m = m + s.gs * grad;
   acc_t x_hat = s.a_z * z + s.a_m * m;
   if constexpr (CLIP) x_hat = x_hat < -s.clip ? -s.clip : (x_hat > s.clip ? s.clip : x_hat);
+  if (x_hat_out != nullptr) *x_hat_out = x_hat;
   return s.c_z * z + s.c_m * m + s.c_x * x_hat;
 }
 

@@ -24,8 +24,9 @@ BLOCK = 1024
 @triton.jit
 def _step_mean(z, m, u, g, a_z, a_m, c_z, c_m, c_x, w, gs, clip,
                CFG: tl.constexpr, CG: tl.constexpr, CLIP: tl.constexpr):
-    """c_z z + c_m m + c_x x̂: the whole update except the noise term c_n n, so a different noise
-    source (an in-kernel draw) changes only the caller. Same order of operations as the reference."""
+    """(c_z z + c_m m + c_x x̂, x̂): the whole update except the noise term c_n n, so a different
+    noise source (an in-kernel draw) changes only the caller, and x̂ (reverse_step_with_x0's second
+    output). Same order of operations as the reference."""
     if CFG:
         m = u + w * (m - u)
     if CG:
@@ -34,7 +35,7 @@ def _step_mean(z, m, u, g, a_z, a_m, c_z, c_m, c_x, w, gs, clip,
     if CLIP:
         # Comparisons rather than min/max: a NaN x̂ stays NaN, as with torch.clamp.
         x_hat = tl.where(x_hat < -clip, -clip, tl.where(x_hat > clip, clip, x_hat))
-    return c_z * z + c_m * m + c_x * x_hat
+    return c_z * z + c_m * m + c_x * x_hat, x_hat
 
 
 @triton.jit
@@ -54,9 +55,9 @@ def _philox_noise(seed_ptr, off_lo, off_hi, start, offs, ALIGNED4: tl.constexpr,
 
 @triton.jit(do_not_specialize=["off_lo", "off_hi"])
 def _reverse_step_kernel(
-    out_ptr, z_ptr, m_ptr, u_ptr, g_ptr, n_ptr, coeff_ptr, w_ptr, gs_ptr, clip, seed_ptr, off_lo, off_hi, B, D, chunks,
-    CFG: tl.constexpr, CG: tl.constexpr, CLIP: tl.constexpr, NOISE: tl.constexpr, PHILOX: tl.constexpr,
-    ALIGNED4: tl.constexpr, BLOCK: tl.constexpr,
+    out_ptr, x0_ptr, z_ptr, m_ptr, u_ptr, g_ptr, n_ptr, coeff_ptr, w_ptr, gs_ptr, clip, seed_ptr, off_lo, off_hi, B, D,
+    chunks, CFG: tl.constexpr, CG: tl.constexpr, CLIP: tl.constexpr, NOISE: tl.constexpr, PHILOX: tl.constexpr,
+    X0: tl.constexpr, ALIGNED4: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     b = pid // chunks
@@ -84,7 +85,7 @@ def _reverse_step_kernel(
         gs = tl.load(gs_ptr + b)
     # tl.full casts the clip scalar (fp32, or fp64 when torch.compile passes it) to the compute type.
     clip_v = tl.full([BLOCK], clip, acc)
-    out = _step_mean(z, m, u, g, a_z, a_m, c_z, c_m, c_x, w, gs, clip_v, CFG, CG, CLIP)
+    out, x_hat = _step_mean(z, m, u, g, a_z, a_m, c_z, c_m, c_x, w, gs, clip_v, CFG, CG, CLIP)
     if NOISE:
         c_n = tl.load(coeff_ptr + 5 * B + b)
         out = out + c_n * tl.load(n_ptr + offs, mask=mask, other=0.0).to(acc)
@@ -96,6 +97,35 @@ def _reverse_step_kernel(
             # Rounded to the data dtype first: the step equals the step with this noise as a tensor.
             out = out + c_n * n.to(out_ptr.dtype.element_ty).to(acc)
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    if X0:
+        tl.store(x0_ptr + offs, x_hat.to(x0_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, seed, offset,
+            with_x0: bool):
+    out = empty_out_like(z)
+    x0 = torch.empty_like(out) if with_x0 else None  # out's layout
+    if out.numel() == 0:
+        return out, x0
+    B, D = z.shape[0], per_sample_numel(z)
+    cfg, cg, has_noise, philox_noise = uncond is not None, classifier_grad is not None, noise is not None, seed is not None
+    zl = in_layout_of(z, out)
+    ml = in_layout_of(model_out, out)
+    # Absent inputs: any valid pointer of the right type; the constexpr flags keep it unread.
+    ul = in_layout_of(uncond, out) if cfg else zl
+    gl = in_layout_of(classifier_grad, out) if cg else zl
+    nl = in_layout_of(noise, out) if has_noise else zl
+    seed_t = seed.reshape(1).to(z.device) if philox_noise else coeffs  # any pointer when unused
+    off_lo, off_hi = philox.split_offset(offset)
+    chunks = triton.cdiv(D, BLOCK)
+    wrap_triton(_reverse_step_kernel)[(B * chunks,)](
+        out, x0 if with_x0 else out, zl, ml, ul, gl, nl, coeffs,
+        guidance_scale if cfg else coeffs, grad_scale if cg else coeffs,
+        float(clip) if clip is not None else 1.0, seed_t, off_lo, off_hi, B, D, chunks,
+        CFG=cfg, CG=cg, CLIP=clip is not None, NOISE=has_noise, PHILOX=philox_noise, X0=with_x0, ALIGNED4=D % 4 == 0,
+        BLOCK=BLOCK,
+    )
+    return out, x0
 
 
 def reverse_step(
@@ -113,25 +143,23 @@ def reverse_step(
 ) -> torch.Tensor:
     """Launcher; arguments as ``vdm_fast::reverse_step`` (already validated by the op module).
     ``noise`` and ``seed`` both None leave the c_n term out."""
-    out = empty_out_like(z)
-    if out.numel() == 0:
-        return out
-    B, D = z.shape[0], per_sample_numel(z)
-    cfg, cg, has_noise, philox_noise = uncond is not None, classifier_grad is not None, noise is not None, seed is not None
-    zl = in_layout_of(z, out)
-    ml = in_layout_of(model_out, out)
-    # Absent inputs: any valid pointer of the right type; the constexpr flags keep it unread.
-    ul = in_layout_of(uncond, out) if cfg else zl
-    gl = in_layout_of(classifier_grad, out) if cg else zl
-    nl = in_layout_of(noise, out) if has_noise else zl
-    seed_t = seed.reshape(1).to(z.device) if philox_noise else coeffs  # any pointer when unused
-    off_lo, off_hi = philox.split_offset(offset)
-    chunks = triton.cdiv(D, BLOCK)
-    wrap_triton(_reverse_step_kernel)[(B * chunks,)](
-        out, zl, ml, ul, gl, nl, coeffs,
-        guidance_scale if cfg else coeffs, grad_scale if cg else coeffs,
-        float(clip) if clip is not None else 1.0, seed_t, off_lo, off_hi, B, D, chunks,
-        CFG=cfg, CG=cg, CLIP=clip is not None, NOISE=has_noise, PHILOX=philox_noise, ALIGNED4=D % 4 == 0,
-        BLOCK=BLOCK,
-    )
-    return out
+    return _launch(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, seed,
+                   offset, False)[0]
+
+
+def reverse_step_with_x0(
+    z: torch.Tensor,
+    model_out: torch.Tensor,
+    coeffs: torch.Tensor,
+    uncond: torch.Tensor | None = None,
+    guidance_scale: torch.Tensor | None = None,
+    classifier_grad: torch.Tensor | None = None,
+    grad_scale: torch.Tensor | None = None,
+    clip: float | None = None,
+    noise: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
+    offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launcher of ``vdm_fast::reverse_step_with_x0``: the step and x̂, written in the same pass."""
+    return _launch(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, seed,
+                   offset, True)

@@ -120,6 +120,33 @@ def test_every_combination_matches(backend, combo, dtype):
         assert not torch.allclose(naive(args, kw, None), naive(args, kw, clip))
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("combo", COMBOS, ids=COMBO_IDS)
+@pytest.mark.parametrize("drawn", [False, True], ids=["given-noise", "drawn-noise"])
+def test_with_x0_is_the_step_and_its_x_hat(backend, combo, drawn):
+    """reverse_step_with_x0 returns reverse_step's z_next bit for bit (given or drawn noise, same
+    generator state) and the x̂ it formed: bit-equal to the step with rows (a_z, a_m, 0, 0, 1, 0),
+    which adds 0 z + 0 m to x̂ exactly, and to x̂ in float64 within the formula's bound."""
+    name, device = backend
+    cfg, cg, clip_on, noise = combo
+    clip = CLIP if clip_on else None
+    args, kw = make_inputs((3, 5, 7), torch.float32, device, cfg=cfg, cg=cg, noise=noise)
+    if drawn:
+        kw.pop("noise", None)
+        kw["generator"] = torch.Generator().manual_seed(5)
+    z_next, x_hat = vdm_fast.reverse_step_with_x0(*args, clip=clip, backend=name, **kw)
+    if drawn:
+        kw["generator"] = torch.Generator().manual_seed(5)
+    assert torch.equal(z_next, reverse_step(*args, clip=clip, backend=name, **kw))
+    z, m, coeffs = args
+    x_rows = torch.stack([coeffs[0], coeffs[1], *torch.zeros(2, 3, device=device), torch.ones(3, device=device),
+                          torch.zeros(3, device=device)])
+    kw.pop("noise", None), kw.pop("generator", None)
+    assert x_hat.dtype == z.dtype and x_hat.stride() == z_next.stride()
+    assert torch.equal(x_hat, reverse_step(z, m, x_rows, clip=clip, backend=name, stochastic=False, **kw))
+    assert_matches_reference(x_hat, (z, m, x_rows), kw, clip, ref=naive, msg="x_hat")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", ODD_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -669,17 +696,19 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 from vdm_fast.kernels.reverse_step import _reverse_step_kernel
 
-# flags: CFG, CG, CLIP, NOISE (tensor), PHILOX (in-kernel), ALIGNED4 (whole Philox blocks per program)
-for data, flags in [("*fp32", (1, 1, 1, 1, 0, 1)), ("*fp16", (0, 0, 0, 0, 0, 1)), ("*fp64", (0, 0, 1, 1, 0, 0)),
-                    ("*bf16", (1, 0, 1, 0, 0, 1)), ("*fp32", (1, 0, 1, 0, 1, 1)), ("*fp16", (0, 0, 1, 0, 1, 0)),
-                    ("*fp64", (0, 1, 0, 0, 1, 1))]:
+# flags: CFG, CG, CLIP, NOISE (tensor), PHILOX (in-kernel), X0 (x̂ written too), ALIGNED4 (whole
+# Philox blocks per program)
+for data, flags in [("*fp32", (1, 1, 1, 1, 0, 0, 1)), ("*fp16", (0, 0, 0, 0, 0, 1, 1)),
+                    ("*fp64", (0, 0, 1, 1, 0, 0, 0)), ("*bf16", (1, 0, 1, 0, 0, 1, 1)),
+                    ("*fp32", (1, 0, 1, 0, 1, 1, 1)), ("*fp16", (0, 0, 1, 0, 1, 0, 0)),
+                    ("*fp64", (0, 1, 0, 0, 1, 1, 1))]:
     acc = "*fp64" if data == "*fp64" else "*fp32"
-    sig = {"out_ptr": data, "z_ptr": data, "m_ptr": data, "u_ptr": data, "g_ptr": data, "n_ptr": data,
+    sig = {"out_ptr": data, "x0_ptr": data, "z_ptr": data, "m_ptr": data, "u_ptr": data, "g_ptr": data, "n_ptr": data,
            "coeff_ptr": acc, "w_ptr": acc, "gs_ptr": acc, "clip": "fp64", "seed_ptr": "*i64", "off_lo": "i32",
            "off_hi": "i32", "B": "i64", "D": "i64", "chunks": "i64",
            "CFG": "constexpr", "CG": "constexpr", "CLIP": "constexpr", "NOISE": "constexpr", "PHILOX": "constexpr",
-           "ALIGNED4": "constexpr", "BLOCK": "constexpr"}
-    consts = dict(zip(("CFG", "CG", "CLIP", "NOISE", "PHILOX", "ALIGNED4"), map(bool, flags)), BLOCK=1024)
+           "X0": "constexpr", "ALIGNED4": "constexpr", "BLOCK": "constexpr"}
+    consts = dict(zip(("CFG", "CG", "CLIP", "NOISE", "PHILOX", "X0", "ALIGNED4"), map(bool, flags)), BLOCK=1024)
     try:
         kernel = compile(ASTSource(_reverse_step_kernel, sig, consts), target=GPUTarget("cuda", 90, 32))
     except RuntimeError as exc:

@@ -161,6 +161,13 @@ def reverse_step(z, model_out, coeffs, uncond=None, guidance_scale=None, classif
     ``guidance_scale`` and ``grad_scale`` are (B,) or None; ``clip`` a float or None. ``noise``
     None draws standard normal noise (only when some c_n is non-zero).
     """
+    return reverse_step_with_x0(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip,
+                                noise, generator)[0]
+
+
+def reverse_step_with_x0(z, model_out, coeffs, uncond=None, guidance_scale=None, classifier_grad=None,
+                         grad_scale=None, clip=None, noise=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reverse_step`` and the x̂ it forms (clamped when clip is given), both in z's dtype."""
     cdt = compute_dtype(z.dtype)
     a_z, a_m, c_z, c_m, c_x, c_n = (_per_sample_view(c.to(cdt), z) for c in coeffs.unbind(0))
     zc, m = z.to(cdt), model_out.to(cdt)
@@ -177,7 +184,7 @@ def reverse_step(z, model_out, coeffs, uncond=None, guidance_scale=None, classif
         noise = torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
     if noise is not None:
         out = out + c_n * noise.to(cdt)
-    return out.to(z.dtype)
+    return out.to(z.dtype), x_hat.to(z.dtype)
 
 
 # --- Philox noise (DESIGN.md §6) --------------------------------------------------------------------
@@ -259,5 +266,5 @@ def q_sample_randn(x0, alpha, sigma, seed, offset) -> tuple[torch.Tensor, torch.
 
 __all__ = ["TARGETS", "DECODERS", "CDFS", "STEP_COEFFS", "PHILOX_MUL", "PHILOX_WEYL", "q_sample",
     "regression_target", "sq_error", "prior_kl", "bin_index", "recon_nll", "discretized_gaussian_nll",
-    "gaussian_kl", "reverse_step", "philox4x32_10", "philox_words", "philox_normals", "randn_like", "q_sample_randn"]
+    "gaussian_kl", "reverse_step", "reverse_step_with_x0", "philox4x32_10", "philox_words", "philox_normals", "randn_like", "q_sample_randn"]
 __dir__ = public_dir(__all__)

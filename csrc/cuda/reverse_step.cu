@@ -19,8 +19,10 @@ namespace cuda {
 namespace {
 
 // Pointers of absent inputs are null and never read (the flags are template parameters).
+// x0_out: x̂'s output (reverse_step_with_x0), or null; a uniform branch, so one kernel serves both ops.
 template <typename scalar_t, typename acc_t, int VEC, bool CFG, bool CG, bool CLIP, bool NOISE>
-__global__ void reverse_step_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ z,
+__global__ void reverse_step_kernel(scalar_t* __restrict__ out, scalar_t* __restrict__ x0_out,
+                                    const scalar_t* __restrict__ z,
                                     const scalar_t* __restrict__ model_out, const scalar_t* __restrict__ uncond,
                                     const scalar_t* __restrict__ grad, const scalar_t* __restrict__ noise,
                                     const acc_t* __restrict__ coeffs, const acc_t* __restrict__ w,
@@ -36,16 +38,20 @@ __global__ void reverse_step_kernel(scalar_t* __restrict__ out, const scalar_t* 
     if constexpr (CFG) uv = *reinterpret_cast<const V*>(uncond + i);
     if constexpr (CG) gv = *reinterpret_cast<const V*>(grad + i);
     if constexpr (NOISE) nv = *reinterpret_cast<const V*>(noise + i);
-    V o;
+    V o, xo;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       const acc_t u = CFG ? static_cast<acc_t>(uv.v[k]) : acc_t(0);
       const acc_t g = CG ? static_cast<acc_t>(gv.v[k]) : acc_t(0);
-      acc_t r = step_mean<CFG, CG, CLIP, acc_t>(static_cast<acc_t>(zv.v[k]), static_cast<acc_t>(mv.v[k]), u, g, s);
+      acc_t x_hat;
+      acc_t r = step_mean<CFG, CG, CLIP, acc_t>(static_cast<acc_t>(zv.v[k]), static_cast<acc_t>(mv.v[k]), u, g, s,
+                                                &x_hat);
       if constexpr (NOISE) r = r + s.c_n * static_cast<acc_t>(nv.v[k]);
       o.v[k] = static_cast<scalar_t>(r);
+      xo.v[k] = static_cast<scalar_t>(x_hat);
     }
     *reinterpret_cast<V*>(out + i) = o;
+    if (x0_out != nullptr) *reinterpret_cast<V*>(x0_out + i) = xo;
   }
 }
 
@@ -53,8 +59,10 @@ __global__ void reverse_step_kernel(scalar_t* __restrict__ out, const scalar_t* 
 // the result equals the step with that noise as a tensor).
 template <typename scalar_t, typename acc_t, bool CFG, bool CG, bool CLIP>
 __device__ __forceinline__ scalar_t philox_step_element(acc_t z, acc_t m, acc_t u, acc_t g, float n,
-                                                        const StepScalars<acc_t>& s) {
-  acc_t r = step_mean<CFG, CG, CLIP, acc_t>(z, m, u, g, s);
+                                                        const StepScalars<acc_t>& s, scalar_t* x_hat_out) {
+  acc_t x_hat;
+  acc_t r = step_mean<CFG, CG, CLIP, acc_t>(z, m, u, g, s, &x_hat);
+  *x_hat_out = static_cast<scalar_t>(x_hat);
   r = r + s.c_n * static_cast<acc_t>(static_cast<scalar_t>(n));
   return static_cast<scalar_t>(r);
 }
@@ -64,7 +72,8 @@ __device__ __forceinline__ scalar_t philox_step_element(acc_t z, acc_t m, acc_t 
 // element finds its own sample (a block may straddle two) and the tail block is masked. The draw
 // is skipped when no element of the block needs it (c_n == 0).
 template <typename scalar_t, typename acc_t, bool VEC4, bool CFG, bool CG, bool CLIP>
-__global__ void reverse_step_philox_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ z,
+__global__ void reverse_step_philox_kernel(scalar_t* __restrict__ out, scalar_t* __restrict__ x0_out,
+                                           const scalar_t* __restrict__ z,
                                            const scalar_t* __restrict__ model_out,
                                            const scalar_t* __restrict__ uncond, const scalar_t* __restrict__ grad,
                                            const acc_t* __restrict__ coeffs, const acc_t* __restrict__ w,
@@ -81,17 +90,18 @@ __global__ void reverse_step_philox_kernel(scalar_t* __restrict__ out, const sca
       if (needs_noise(s.c_n)) philox::philox_normal4(seed, offset, static_cast<uint64_t>(j), n);
       const V zv = *reinterpret_cast<const V*>(z + i0);
       const V mv = *reinterpret_cast<const V*>(model_out + i0);
-      V uv, gv, o;
+      V uv, gv, o, xo;
       if constexpr (CFG) uv = *reinterpret_cast<const V*>(uncond + i0);
       if constexpr (CG) gv = *reinterpret_cast<const V*>(grad + i0);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const acc_t u = CFG ? static_cast<acc_t>(uv.v[k]) : acc_t(0);
         const acc_t g = CG ? static_cast<acc_t>(gv.v[k]) : acc_t(0);
-        o.v[k] = philox_step_element<scalar_t, acc_t, CFG, CG, CLIP>(static_cast<acc_t>(zv.v[k]),
-                                                                     static_cast<acc_t>(mv.v[k]), u, g, n[k], s);
+        o.v[k] = philox_step_element<scalar_t, acc_t, CFG, CG, CLIP>(
+            static_cast<acc_t>(zv.v[k]), static_cast<acc_t>(mv.v[k]), u, g, n[k], s, &xo.v[k]);
       }
       *reinterpret_cast<V*>(out + i0) = o;
+      if (x0_out != nullptr) *reinterpret_cast<V*>(x0_out + i0) = xo;
     } else {
       bool draw = false;  // a block spans up to 4 samples when D < 4
 #pragma unroll
@@ -104,32 +114,35 @@ __global__ void reverse_step_philox_kernel(scalar_t* __restrict__ out, const sca
           const StepScalars<acc_t> s = load_step_scalars<acc_t>(coeffs, B, i / D, w, gs, clip);
           const acc_t u = CFG ? static_cast<acc_t>(uncond[i]) : acc_t(0);
           const acc_t g = CG ? static_cast<acc_t>(grad[i]) : acc_t(0);
-          out[i] = philox_step_element<scalar_t, acc_t, CFG, CG, CLIP>(static_cast<acc_t>(z[i]),
-                                                                       static_cast<acc_t>(model_out[i]), u, g, n[k], s);
+          scalar_t x_hat;
+          out[i] = philox_step_element<scalar_t, acc_t, CFG, CG, CLIP>(
+              static_cast<acc_t>(z[i]), static_cast<acc_t>(model_out[i]), u, g, n[k], s, &x_hat);
+          if (x0_out != nullptr) x0_out[i] = x_hat;
         }
       }
     }
   }
 }
 
-at::Tensor reverse_step_cuda(const at::Tensor& z, const at::Tensor& model_out, const at::Tensor& coeffs,
-                             const std::optional<at::Tensor>& uncond,
-                             const std::optional<at::Tensor>& guidance_scale,
-                             const std::optional<at::Tensor>& classifier_grad,
-                             const std::optional<at::Tensor>& grad_scale, std::optional<double> clip,
-                             const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& seed,
-                             int64_t offset) {
+StepInputs reverse_step_run(const char* op, const at::Tensor& z, const at::Tensor& model_out, const at::Tensor& coeffs,
+                            const std::optional<at::Tensor>& uncond,
+                            const std::optional<at::Tensor>& guidance_scale,
+                            const std::optional<at::Tensor>& classifier_grad,
+                            const std::optional<at::Tensor>& grad_scale, std::optional<double> clip,
+                            const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& seed,
+                            int64_t offset, bool with_x0) {
   const c10::cuda::CUDAGuard guard(z.device());
-  StepInputs in = prepare_reverse_step("vdm_fast::reverse_step", z, model_out, coeffs, uncond, guidance_scale,
-                                       classifier_grad, grad_scale, clip, noise, seed, offset);
-  if (in.out.numel() == 0) return in.out;
+  StepInputs in = prepare_reverse_step(op, z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale,
+                                       clip, noise, seed, offset, with_x0);
+  if (in.out.numel() == 0) return in;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "reverse_step_cuda", [&] {
     using acc = acc_t<scalar_t>;
     constexpr int W = vec_width<scalar_t>();
     const StepPtrs<scalar_t> p = step_ptrs<scalar_t>(in);
     const int64_t N = in.out.numel();
-    const bool vec = in.D % W == 0 && aligned16(p.out) && aligned16(p.z) && aligned16(p.model_out) &&
+    const bool vec = in.D % W == 0 && aligned16(p.out) && (!p.x0_out || aligned16(p.x0_out)) && aligned16(p.z) &&
+                     aligned16(p.model_out) &&
                      (!p.uncond || aligned16(p.uncond)) && (!p.grad || aligned16(p.grad)) &&
                      (!p.noise || aligned16(p.noise));
     dispatch_step_flags(in.flags, [&](auto cfg, auto cg, auto clp, auto noi) {
@@ -142,33 +155,59 @@ at::Tensor reverse_step_cuda(const at::Tensor& z, const at::Tensor& model_out, c
         const auto aligned4 = [](const void* p) {
           return reinterpret_cast<uintptr_t>(p) % (4 * sizeof(scalar_t)) == 0;
         };
-        if (in.D % 4 == 0 && aligned4(p.out) && aligned4(p.z) && aligned4(p.model_out) &&
+        if (in.D % 4 == 0 && aligned4(p.out) && (!p.x0_out || aligned4(p.x0_out)) && aligned4(p.z) &&
+            aligned4(p.model_out) &&
             (!p.uncond || aligned4(p.uncond)) && (!p.grad || aligned4(p.grad))) {
           reverse_step_philox_kernel<scalar_t, acc, true, CFG, CG, CLIP><<<grid_for(n_blocks), kThreads, 0, stream>>>(
-              p.out, p.z, p.model_out, p.uncond, p.grad, p.coeffs, p.guidance_scale, p.grad_scale, p.clip, ps,
+              p.out, p.x0_out, p.z, p.model_out, p.uncond, p.grad, p.coeffs, p.guidance_scale, p.grad_scale, p.clip, ps,
               in.offset, in.B, in.D, N, n_blocks);
         } else {
           reverse_step_philox_kernel<scalar_t, acc, false, CFG, CG, CLIP><<<grid_for(n_blocks), kThreads, 0, stream>>>(
-              p.out, p.z, p.model_out, p.uncond, p.grad, p.coeffs, p.guidance_scale, p.grad_scale, p.clip, ps,
+              p.out, p.x0_out, p.z, p.model_out, p.uncond, p.grad, p.coeffs, p.guidance_scale, p.grad_scale, p.clip, ps,
               in.offset, in.B, in.D, N, n_blocks);
         }
       } else if (vec) {
         reverse_step_kernel<scalar_t, acc, W, CFG, CG, CLIP, NOISE><<<grid_for(N / W), kThreads, 0, stream>>>(
-            p.out, p.z, p.model_out, p.uncond, p.grad, p.noise, p.coeffs, p.guidance_scale, p.grad_scale, p.clip,
+            p.out, p.x0_out, p.z, p.model_out, p.uncond, p.grad, p.noise, p.coeffs, p.guidance_scale, p.grad_scale, p.clip,
             in.B, in.D, N / W);
       } else {
         reverse_step_kernel<scalar_t, acc, 1, CFG, CG, CLIP, NOISE><<<grid_for(N), kThreads, 0, stream>>>(
-            p.out, p.z, p.model_out, p.uncond, p.grad, p.noise, p.coeffs, p.guidance_scale, p.grad_scale, p.clip,
+            p.out, p.x0_out, p.z, p.model_out, p.uncond, p.grad, p.noise, p.coeffs, p.guidance_scale, p.grad_scale, p.clip,
             in.B, in.D, N);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return in.out;
+  return in;
+}
+
+at::Tensor reverse_step_cuda(const at::Tensor& z, const at::Tensor& model_out, const at::Tensor& coeffs,
+                             const std::optional<at::Tensor>& uncond,
+                             const std::optional<at::Tensor>& guidance_scale,
+                             const std::optional<at::Tensor>& classifier_grad,
+                             const std::optional<at::Tensor>& grad_scale, std::optional<double> clip,
+                             const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& seed,
+                             int64_t offset) {
+  return reverse_step_run("vdm_fast::reverse_step", z, model_out, coeffs, uncond, guidance_scale, classifier_grad,
+                          grad_scale, clip, noise, seed, offset, false)
+      .out;
+}
+
+std::tuple<at::Tensor, at::Tensor> reverse_step_with_x0_cuda(
+    const at::Tensor& z, const at::Tensor& model_out, const at::Tensor& coeffs, const std::optional<at::Tensor>& uncond,
+    const std::optional<at::Tensor>& guidance_scale, const std::optional<at::Tensor>& classifier_grad,
+    const std::optional<at::Tensor>& grad_scale, std::optional<double> clip, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& seed, int64_t offset) {
+  StepInputs in = reverse_step_run("vdm_fast::reverse_step_with_x0", z, model_out, coeffs, uncond, guidance_scale,
+                                   classifier_grad, grad_scale, clip, noise, seed, offset, true);
+  return {in.out, in.x0_out};
 }
 
 }  // namespace
 }  // namespace cuda
 }  // namespace vdm_fast
 
-TORCH_LIBRARY_IMPL(vdm_fast, CUDA, m) { m.impl("reverse_step", &vdm_fast::cuda::reverse_step_cuda); }
+TORCH_LIBRARY_IMPL(vdm_fast, CUDA, m) {
+  m.impl("reverse_step", &vdm_fast::cuda::reverse_step_cuda);
+  m.impl("reverse_step_with_x0", &vdm_fast::cuda::reverse_step_with_x0_cuda);
+}

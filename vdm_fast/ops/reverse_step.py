@@ -23,15 +23,19 @@ from .randn_like import draw_seed
 NAME = "reverse_step"
 
 
-def _reference(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, seed=None,
-               offset=0):
+def _reference_with_x0(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise,
+                       seed=None, offset=0):
     # The op's contract: noise given, or drawn from seed (the randn_like stream, rounded to z's
     # dtype), or neither: no noise term. For "neither" the reference gets zeros (the same update)
     # rather than noise=None, with which it would look at c_n on the host to decide whether to draw.
     if noise is None:
         noise = reference.randn_like(z, seed, offset) if seed is not None else torch.zeros_like(z)
-    return reference.reverse_step(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip,
-                                  noise)
+    return reference.reverse_step_with_x0(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale,
+                                          clip, noise)
+
+
+def _reference(*args):
+    return _reference_with_x0(*args)[0]
 
 
 def sample_inputs(shape, dtype, device, generator):
@@ -197,13 +201,29 @@ def _prepare(z, model_out, coeffs, *, uncond=None, guidance_scale=None, classifi
 # The native op's arguments; reverse_step checks and normalises them (optional
 # inputs, guidance pairs, drawn noise). The Autograd kernel (csrc/cpu/reverse_step.cpp) rejects
 # inputs that require grad: no backward.
-SPEC = OpSpec(
-    NAME,
-    args=(Arg("z", DATA), Arg("model_out", DATA), Arg("coeffs", OTHER), Arg("uncond", OTHER),
-          Arg("guidance_scale", OTHER), Arg("classifier_grad", OTHER), Arg("grad_scale", OTHER), Arg("clip", OTHER),
-          Arg("noise", OTHER), Arg("seed", OTHER), Arg("offset", OTHER)),
-    outputs=(LIKE_DATA,),
-    reference=_reference,
-    sample_inputs=sample_inputs,
-    prepare_fn=_prepare,
-).register()
+_ARGS = (Arg("z", DATA), Arg("model_out", DATA), Arg("coeffs", OTHER), Arg("uncond", OTHER),
+         Arg("guidance_scale", OTHER), Arg("classifier_grad", OTHER), Arg("grad_scale", OTHER), Arg("clip", OTHER),
+         Arg("noise", OTHER), Arg("seed", OTHER), Arg("offset", OTHER))
+SPEC = OpSpec(NAME, args=_ARGS, outputs=(LIKE_DATA,), reference=_reference, sample_inputs=sample_inputs,
+              prepare_fn=_prepare).register()
+# The same step returning x̂ too, from the same pass (diffusers' pred_original_sample).
+SPEC_WITH_X0 = OpSpec(NAME + "_with_x0", args=_ARGS, outputs=(LIKE_DATA, LIKE_DATA), reference=_reference_with_x0,
+                      sample_inputs=sample_inputs, prepare_fn=_prepare).register()
+
+
+def reverse_step_with_x0(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=None, guidance_scale=None,
+                         classifier_grad=None, grad_scale=None, clip=None, noise=None, generator=None,
+                         stochastic: bool | None = None,
+                         backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`reverse_step` that also returns the x̂ it forms, written in the same pass.
+
+    Arguments as :func:`reverse_step`. Returns ``(z_next, x_hat)``: x̂ = a_z z + a_m m of the
+    (guided) model output m, clamped to [-clip, clip] when clip is given, in z_next's shape, dtype
+    and layout. With the x̂ coefficients of the model's parameterization in rows a_z, a_m
+    (``vdm_fast.parameterization.x0_coeffs``), x̂ is the predicted clean sample, which diffusers'
+    schedulers return as ``pred_original_sample`` next to ``prev_sample``: one read of z and m
+    instead of two.
+    """
+    return SPEC_WITH_X0(z, model_out, coeffs, uncond=uncond, guidance_scale=guidance_scale,
+                        classifier_grad=classifier_grad, grad_scale=grad_scale, clip=clip, noise=noise,
+                        generator=generator, stochastic=stochastic, backend=backend)
