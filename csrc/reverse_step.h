@@ -118,4 +118,32 @@ StepPtrs<scalar_t> step_ptrs(const StepInputs& in) {
           static_cast<acc>(in.clip)};
 }
 
+// The two ops' device kernels from one backend's run function (RUN: the step, and x̂ when asked;
+// csrc/cpu/reverse_step.cpp, csrc/cuda/reverse_step.cu).
+using OptTensor = std::optional<at::Tensor>;
+using StepRun = StepInputs (*)(const char*, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
+                               const OptTensor&, const OptTensor&, const OptTensor&, std::optional<double>,
+                               const OptTensor&, const OptTensor&, int64_t, bool);
+
+template <StepRun RUN>
+at::Tensor reverse_step_kernel_of(const at::Tensor& z, const at::Tensor& model_out, const at::Tensor& coeffs,
+                                  const OptTensor& uncond, const OptTensor& guidance_scale,
+                                  const OptTensor& classifier_grad, const OptTensor& grad_scale,
+                                  std::optional<double> clip, const OptTensor& noise, const OptTensor& seed,
+                                  int64_t offset) {
+  return RUN("vdm_fast::reverse_step", z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip,
+             noise, seed, offset, false)
+      .out;
+}
+
+template <StepRun RUN>
+std::tuple<at::Tensor, at::Tensor> reverse_step_with_x0_kernel_of(
+    const at::Tensor& z, const at::Tensor& model_out, const at::Tensor& coeffs, const OptTensor& uncond,
+    const OptTensor& guidance_scale, const OptTensor& classifier_grad, const OptTensor& grad_scale,
+    std::optional<double> clip, const OptTensor& noise, const OptTensor& seed, int64_t offset) {
+  StepInputs in = RUN("vdm_fast::reverse_step_with_x0", z, model_out, coeffs, uncond, guidance_scale, classifier_grad,
+                      grad_scale, clip, noise, seed, offset, true);
+  return {in.out, in.x0_out};
+}
+
 }  // namespace vdm_fast

@@ -110,34 +110,13 @@ StepInputs reverse_step_run(const char* op, const at::Tensor& z, const at::Tenso
   return in;
 }
 
-at::Tensor reverse_step_cpu(const at::Tensor& z, const at::Tensor& model_out, const at::Tensor& coeffs,
-                            const std::optional<at::Tensor>& uncond, const std::optional<at::Tensor>& guidance_scale,
-                            const std::optional<at::Tensor>& classifier_grad,
-                            const std::optional<at::Tensor>& grad_scale, std::optional<double> clip,
-                            const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& seed,
-                            int64_t offset) {
-  return reverse_step_run("vdm_fast::reverse_step", z, model_out, coeffs, uncond, guidance_scale, classifier_grad,
-                          grad_scale, clip, noise, seed, offset, false)
-      .out;
-}
-
-std::tuple<at::Tensor, at::Tensor> reverse_step_with_x0_cpu(
-    const at::Tensor& z, const at::Tensor& model_out, const at::Tensor& coeffs, const std::optional<at::Tensor>& uncond,
-    const std::optional<at::Tensor>& guidance_scale, const std::optional<at::Tensor>& classifier_grad,
-    const std::optional<at::Tensor>& grad_scale, std::optional<double> clip, const std::optional<at::Tensor>& noise,
-    const std::optional<at::Tensor>& seed, int64_t offset) {
-  StepInputs in = reverse_step_run("vdm_fast::reverse_step_with_x0", z, model_out, coeffs, uncond, guidance_scale,
-                                   classifier_grad, grad_scale, clip, noise, seed, offset, true);
-  return {in.out, in.x0_out};
-}
-
 }  // namespace
 }  // namespace cpu
 }  // namespace vdm_fast
 
 TORCH_LIBRARY_IMPL(vdm_fast, CPU, m) {
-  m.impl("reverse_step", &vdm_fast::cpu::reverse_step_cpu);
-  m.impl("reverse_step_with_x0", &vdm_fast::cpu::reverse_step_with_x0_cpu);
+  m.impl("reverse_step", &vdm_fast::reverse_step_kernel_of<&vdm_fast::cpu::reverse_step_run>);
+  m.impl("reverse_step_with_x0", &vdm_fast::reverse_step_with_x0_kernel_of<&vdm_fast::cpu::reverse_step_run>);
 }
 
 // --- schema and autograd ----------------------------------------------------------------------
