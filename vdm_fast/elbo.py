@@ -322,8 +322,8 @@ class VDMLoss(nn.Module):
                 t = torch.clamp(torch.floor(u.double() * n), max=n - 1).long()
             else:
                 t = u if self.T is None else _grid_times(u, self.T)
-        elif isinstance(t, torch.Tensor) and t.is_floating_point() and not isinstance(self.schedule, Schedule):
-            within("VDMLoss", "t", t, 0.0, 1.0, "continuous time")  # vdm_fast's schedules check t themselves
+        elif isinstance(t, torch.Tensor) and t.is_floating_point():  # integer timesteps: the table checks them
+            _check_time("VDMLoss", self.schedule, t)
         noise = _randn_like(x0, generator) if noise is None else noise
         g = self.schedule.gamma(t, cdt)
         alpha, sigma = alpha_sigma(g)
