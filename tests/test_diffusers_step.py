@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch._inductor.config  # fallback_random, patched by the compile tests
 from torch.utils._python_dispatch import _disable_current_modes
 
 diffusers = pytest.importorskip("diffusers")
@@ -29,6 +30,7 @@ import diffusers.schedulers.scheduling_ddpm as diffusers_ddpm  # noqa: E402
 from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 
 import numerics  # noqa: E402
+import vdm_fast  # noqa: E402
 from vdm_fast import reference  # noqa: E402
 from vdm_fast.integrations import _diffusers_coeffs as coeffs  # noqa: E402
 from vdm_fast.integrations import diffusers as ours  # noqa: E402
@@ -569,7 +571,7 @@ def test_bad_tensors():
     with pytest.raises(ValueError, match="model_output"):
         sched.step(model_output[:, :2], 10, sample)
     with pytest.raises(TypeError, match="model_output"):
-        sched.step(model_output.double(), 10, sample)
+        sched.step(model_output.long(), 10, sample)  # another float dtype is promoted
     with pytest.raises(TypeError, match="sample"):
         sched.step(model_output, 10, sample.long())
     with pytest.raises(TypeError, match="model_output"):
@@ -637,3 +639,128 @@ def test_cuda_equals_cpu_and_diffusers():
     for label, out in (("GPU", got), ("CPU", want)):
         numerics.assert_within_bound(out, truth.value[0], truth.bound[0], msg=f"DDPM, CPU generator, {label}")
     assert {key[0].type for key in ddpm_gpu._vdm_fast_tables} == {"cuda"}
+
+
+# ---------------------------------------------------------------------------------------------
+# noise="philox" (issue 16, item 4) and torch.compile (item 3).
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "learned_range"])
+def test_ddpm_philox_noise_is_randn_like_of_the_generator(variance_type):
+    """With vdm_fast_noise="philox" the step's noise is vdm_fast's Philox stream for the generator
+    (drawn in the kernel; learned variances draw it with randn_like to scale it first): the step
+    equals the default step with diffusers' randn_tensor replaced by randn_like of the same seed."""
+    mine = ours.DDPMScheduler(variance_type=variance_type)
+    mine.set_timesteps(10)
+    channels = 6 if variance_type == "learned_range" else 3
+    sample, model_output = torch.randn(SHAPE), torch.randn(SHAPE[0], channels, *SHAPE[2:])
+    t = int(mine.timesteps[2])
+    mine.vdm_fast_noise = "philox"
+    got = mine.step(model_output, t, sample, generator=torch.Generator().manual_seed(3)).prev_sample
+    mine.vdm_fast_noise = "diffusers"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ours, "randn_tensor", lambda shape, generator, device, dtype: vdm_fast.randn_like(sample, generator))
+        want = mine.step(model_output, t, sample, generator=torch.Generator().manual_seed(3)).prev_sample
+    # The same normals times the same c_n: only the order of the last additions may differ (kernel
+    # c_n n inside the fused sum vs a noise tensor given to it), an ulp or so of the result.
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(got, mine.step(model_output, t, sample, generator=torch.Generator().manual_seed(3))
+                           .prev_sample)  # the default is diffusers' stream, not Philox
+
+
+def test_ddim_philox_noise_and_default_stream():
+    theirs, mine, _ = _three("DDIMScheduler", n_steps=10)
+    sample, model_output = torch.randn(SHAPE), torch.randn(SHAPE)
+    t = int(mine.timesteps[3])
+    # Default: diffusers' noise stream bit for bit (same generator -> same draws), so the steps agree
+    # to the float32 parity of the tests above (1e-5 of the output's scale suffices here: t mid-grid).
+    step = lambda s: s.step(model_output, t, sample, eta=1.0, generator=torch.Generator().manual_seed(5)).prev_sample
+    torch.testing.assert_close(step(mine), step(theirs), rtol=1e-5, atol=1e-5)
+    mine.vdm_fast_noise = "philox"
+    got = step(mine)
+    want = mine.step(model_output, t, sample, eta=1.0,
+                     variance_noise=vdm_fast.randn_like(sample, torch.Generator().manual_seed(5))).prev_sample
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)  # as in the DDPM test above
+    with pytest.raises(TypeError, match="generator must be one torch.Generator"):
+        mine.step(model_output, t, sample, eta=1.0, generator=[torch.Generator()] * SHAPE[0])
+    with pytest.raises(ValueError, match="vdm_fast_noise must be one of"):
+        mine.vdm_fast_noise = "cuda"
+
+
+def _compiled(fn):
+    torch._dynamo.reset()
+    return torch.compile(fn, fullgraph=True)  # fullgraph: any graph break is an error
+
+
+@pytest.mark.parametrize("timestep_kind", ["int", "tensor"])
+def test_ddim_step_compiles_fullgraph(timestep_kind):
+    """Compiled before any eager call (the coefficient table is built inside the graph), with one
+    timestep as an int or as the 0-d tensor pipelines pass; equal to eager up to the rounding of
+    inductor's own float64/float32 math (an ulp or so of each coefficient)."""
+    mine = ours.DDIMScheduler()
+    mine.set_timesteps(10)
+    sample, model_output, noise = torch.randn(SHAPE), torch.randn(SHAPE), torch.randn(SHAPE)
+    t = mine.timesteps[3] if timestep_kind == "tensor" else int(mine.timesteps[3])
+    step = _compiled(lambda m, t, x, n: mine.step(m, t, x, eta=1.0, variance_noise=n, return_dict=False))
+    got = step(model_output, t, sample, noise)
+    fresh = ours.DDIMScheduler()
+    fresh.set_timesteps(10)
+    want = fresh.step(model_output, t, sample, eta=1.0, variance_noise=noise, return_dict=False)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@torch._inductor.config.patch(fallback_random=True)
+def test_ddpm_step_compiles_fullgraph():
+    """DDPM with set_timesteps and per-sample timesteps: the table and the timestep check run in the
+    graph. fallback_random makes the graph's torch.randn eager's, so both draw the same noise."""
+    mine = ours.DDPMScheduler(variance_type="fixed_small")
+    mine.set_timesteps(10)
+    sample, model_output = torch.randn(SHAPE), torch.randn(SHAPE)
+    t = mine.timesteps[[0, 3, 5, 9]]  # the last is 0: no noise there
+    step = _compiled(lambda m, t, x: mine.step(m, t, x, return_dict=False))
+    torch.manual_seed(1)
+    got = step(model_output, t, sample)
+    torch.manual_seed(1)
+    want = mine.step(model_output, t, sample, return_dict=False)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@torch._inductor.config.patch(fallback_random=True)
+def test_ddim_philox_step_compiles_fullgraph():
+    """The in-kernel noise path traces too (generator=None: dynamo cannot take a torch.Generator
+    argument, in diffusers' randn_tensor either). fallback_random: the graph draws the seed as eager."""
+    mine = ours.DDIMScheduler()
+    mine.set_timesteps(10)
+    mine.vdm_fast_noise = "philox"
+    sample, model_output = torch.randn(SHAPE), torch.randn(SHAPE)
+    step = _compiled(lambda m, t, x: mine.step(m, t, x, eta=1.0).prev_sample)
+    torch.manual_seed(2)
+    got = step(model_output, mine.timesteps[2], sample)
+    torch.manual_seed(2)
+    want = mine.step(model_output, mine.timesteps[2], sample, eta=1.0).prev_sample
+    torch.testing.assert_close(got, want)
+    assert not torch.equal(want, mine.step(model_output, mine.timesteps[2], sample, eta=0.0).prev_sample)
+
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler"])
+def test_mixed_precision_model_output(name):
+    """A bfloat16 model output next to a float32 sample (an autocast UNet in a float32 loop): the
+    step runs in float32 (DESIGN.md §4.13) and equals diffusers' float64 step on the same values
+    within float32 rounding of a few terms (atol 1e-5 of the result's scale), where a step rounded
+    through bfloat16, as diffusers' own mixed step is (a 0-d coefficient times a bfloat16 tensor
+    stays bfloat16), is off by ~1e-2."""
+    mine, theirs = getattr(ours, name)(), getattr(diffusers, name)()
+    mine.set_timesteps(50)
+    theirs.set_timesteps(50)
+    g = torch.Generator().manual_seed(0)
+    x, m = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g).to(torch.bfloat16)
+    # No noise, so that both steps compute the same numbers: DDIM's default eta = 0, DDPM's last step.
+    t = mine.timesteps[10] if name == "DDIMScheduler" else mine.timesteps[-1]
+    got = mine.step(m, t, x)
+    want = theirs.step(m.double(), t, x.double())
+    for field in ("prev_sample", "pred_original_sample"):
+        a, b = getattr(got, field), getattr(want, field)
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, rtol=0, atol=1e-5 * (1 + b.abs().max().item()), msg=field)

@@ -7,6 +7,8 @@ float64, plus that truth's float64 bound; diffusers' float32 result is within K 
 its own code at float32 of the same code on float64 data with its float32 table.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -131,3 +133,129 @@ def test_config_round_trip(tmp_path):
     plain = diffusers.DDIMScheduler.from_pretrained(tmp_path)  # still loadable by diffusers itself
     assert plain.config.beta_schedule == "squaredcos_cap_v2"
     assert isinstance(ours.DDIMScheduler.from_config(plain.config), diffusers.DDIMScheduler)
+
+
+def test_add_noise_and_velocity_compile_fullgraph():
+    """Compiled before any eager call, so the schedule (and its betas check) is built in the graph;
+    equal to eager up to inductor's own rounding of the float32 alpha, sigma (an ulp or so)."""
+    x0, noise, t = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8), torch.tensor([0, 5, 500, 999])
+    for method in ("add_noise", "get_velocity"):
+        torch._dynamo.reset()
+        mine = ours.DDPMScheduler()
+        got = torch.compile(getattr(mine, method), fullgraph=True)(x0, noise, t)
+        torch.testing.assert_close(got, getattr(ours.DDPMScheduler(), method)(x0, noise, t))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines (issue 16): accelerate() and save_pretrained / from_pretrained.
+
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(8, 16), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"))
+
+
+def _images(pipe, **kw):
+    pipe.set_progress_bar_config(disable=True)
+    return torch.from_numpy(pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS,
+                                 output_type="np", **kw).images)
+
+
+def _atol(scheduler):
+    # Each step agrees with diffusers' float32 step to about 1e-5 of the output's scale (the step
+    # parity tests in test_diffusers_step.py; the gap is diffusers' float32 coefficient table). A
+    # deterministic DDIM run carries an early difference to the end multiplied by up to
+    # sqrt(alpha_bar_0 / alpha_bar_T) ~ 1 / sqrt(alpha_bar_T) (160 for the linear schedule); fresh
+    # noise (DDPM, eta = 1) only damps it. Images are x / 2 + 0.5, halving it; kept as a margin.
+    return 1e-5 / float(scheduler.alphas_cumprod[-1]) ** 0.5
+
+
+PIPELINES = [
+    (diffusers.DDPMPipeline, diffusers.DDPMScheduler, {}),
+    (diffusers.DDIMPipeline, diffusers.DDIMScheduler, dict(eta=0.0)),
+    (diffusers.DDIMPipeline, diffusers.DDIMScheduler, dict(eta=1.0)),
+]
+
+
+@pytest.mark.parametrize("pipeline, scheduler, kw", PIPELINES, ids=lambda p: getattr(p, "__name__", str(p)))
+def test_accelerate_gives_stock_outputs(unet, pipeline, scheduler, kw):
+    stock = pipeline(unet, scheduler())
+    if pipeline is diffusers.DDIMPipeline:  # it replaces the scheduler it is given: why accelerate exists
+        assert type(pipeline(unet, ours.DDIMScheduler()).scheduler) is diffusers.DDIMScheduler
+    mine = ours.accelerate(pipeline(unet, scheduler()))
+    assert type(mine.scheduler) is getattr(ours, scheduler.__name__)
+    assert dict(mine.scheduler.config) == dict(stock.scheduler.config)
+    torch.testing.assert_close(_images(mine, **kw), _images(stock, **kw), rtol=0, atol=_atol(stock.scheduler))
+    mine.scheduler.vdm_fast_noise = "philox"  # another stream: same sampler, different samples
+    if kw.get("eta", 1.0) > 0:
+        assert not torch.allclose(_images(mine, **kw), _images(stock, **kw), atol=1e-3)
+
+
+def test_accelerate_options_and_errors(unet):
+    pipe = ours.accelerate(diffusers.DDIMPipeline(unet, diffusers.DDIMScheduler()), noise="philox",
+                           backend="reference")
+    assert (pipe.scheduler.vdm_fast_noise, pipe.scheduler.vdm_fast_backend) == ("philox", "reference")
+    kept = pipe.scheduler
+    assert ours.accelerate(pipe).scheduler is kept and kept.vdm_fast_noise == "diffusers"  # ours: options reset
+    with pytest.raises(ValueError, match="EulerDiscreteScheduler"):
+        ours.accelerate(diffusers.DDPMPipeline(unet, diffusers.EulerDiscreteScheduler()))
+    with pytest.raises(ValueError, match="accelerate: noise must be one of"):
+        ours.accelerate(pipe, noise="torch")
+    with pytest.raises(TypeError, match="pipe must be a diffusers.DiffusionPipeline"):
+        ours.accelerate(pipe.scheduler)
+
+
+@pytest.mark.parametrize("pipeline, kind", [(diffusers.DDPMPipeline, "DDPMScheduler"),
+                                            (diffusers.DDIMPipeline, "DDIMScheduler")], ids=["DDPM", "DDIM"])
+def test_saved_pipeline_loads_with_stock_diffusers_and_with_vdm_fast(unet, tmp_path, pipeline, kind):
+    mine = ours.accelerate(pipeline(unet, getattr(diffusers, kind)(num_train_timesteps=500)))
+    mine.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", kind]  # what a stock scheduler records
+    stock = pipeline.from_pretrained(tmp_path)
+    assert type(stock.scheduler) is getattr(diffusers, kind) and stock.scheduler.config.num_train_timesteps == 500
+    reference = pipeline(unet, getattr(diffusers, kind)(num_train_timesteps=500))
+    torch.testing.assert_close(_images(stock), _images(reference), rtol=0, atol=0)  # same weights, same scheduler
+    loaded = ours.accelerate(pipeline.from_pretrained(tmp_path))
+    assert type(loaded.scheduler) is getattr(ours, kind)
+    torch.testing.assert_close(_images(loaded), _images(mine), rtol=0, atol=0)
+
+
+def test_from_pretrained_takes_our_scheduler(unet, tmp_path):
+    diffusers.DDPMPipeline(unet, ours.DDPMScheduler()).save_pretrained(tmp_path)  # saved without accelerate
+    passed = ours.DDPMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path, scheduler=passed)
+    assert pipe.scheduler is passed
+    # DDIMPipeline rebuilds a passed scheduler as diffusers' own; accelerate restores ours.
+    diffusers.DDIMPipeline(unet, ours.DDIMScheduler()).save_pretrained(tmp_path / "ddim")
+    pipe = diffusers.DDIMPipeline.from_pretrained(tmp_path / "ddim", scheduler=ours.DDIMScheduler())
+    assert type(ours.accelerate(pipe).scheduler) is ours.DDIMScheduler
+    with pytest.raises(ValueError, match="should be"):  # a scheduler of the wrong kind, refused by diffusers
+        diffusers.DDPMPipeline.from_pretrained(tmp_path, scheduler=diffusers.UNet2DModel(sample_size=8))
+
+
+class _TwoSchedulers(diffusers.DiffusionPipeline):
+    """A pipeline shaped like DeepFloyd IF's super-resolution stage (a second DDPM scheduler for
+    noising its input) that also holds a sub-pipeline, as Kandinsky's combined pipelines do."""
+
+    def __init__(self, unet, scheduler, image_noising_scheduler, other=None):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, image_noising_scheduler=image_noising_scheduler,
+                              other=other)
+        self.inner = diffusers.DDPMPipeline(unet, image_noising_scheduler)
+
+
+def test_accelerate_swaps_every_scheduler_and_keeps_sharing(unet):
+    shared = diffusers.DDPMScheduler(num_train_timesteps=300)
+    pipe = ours.accelerate(_TwoSchedulers(unet, diffusers.DDIMScheduler(), shared, diffusers.EulerDiscreteScheduler()))
+    assert type(pipe.scheduler) is ours.DDIMScheduler and type(pipe.image_noising_scheduler) is ours.DDPMScheduler
+    assert pipe.inner.scheduler is pipe.image_noising_scheduler  # still one object, now ours
+    assert pipe.image_noising_scheduler.config.num_train_timesteps == 300
+    assert type(pipe.other) is diffusers.EulerDiscreteScheduler  # no counterpart: left alone
+    assert pipe.config.image_noising_scheduler == ("diffusers", "DDPMScheduler")

@@ -91,7 +91,12 @@ class DiscreteSchedule(Schedule):
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
         if betas.numel() == 0:
             raise ValueError("betas must not be empty")
-        if not bool(((betas > 0) & (betas <= 1)).all()):
+        in_range = ((betas > 0) & (betas <= 1)).all()
+        if torch.compiler.is_compiling():
+            # Reading the flag on the host would break a torch.compile(fullgraph=True) graph that
+            # builds the schedule (a diffusers drop-in's first add_noise): checked in the graph.
+            torch._assert_async(in_range, "betas must lie in (0, 1]")
+        elif not bool(in_range):
             raise ValueError("betas must lie in (0, 1]")
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)

@@ -34,13 +34,14 @@ from __future__ import annotations
 import torch
 
 from ..coefficients import ancestral_coeffs, ddim_coeffs
-from ..parameterization import gamma_from_alpha_bar, one_minus_alpha_sq_ratio
+from ..parameterization import DIFFUSERS_NAMES, gamma_from_alpha_bar, one_minus_alpha_sq_ratio
 
 ROWS = 14
 STEP, X0, MIN_LOG, MAX_LOG = slice(0, 6), slice(6, 12), 12, 13
 
-# diffusers' prediction_type -> the parameterization of DESIGN.md §2
-PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+# diffusers' prediction_type -> the parameterization of DESIGN.md §2 (only diffusers' spellings: a
+# drop-in's config must stay one stock diffusers can load and run)
+PREDICTION_TYPES = DIFFUSERS_NAMES
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 LEARNED = ("learned", "learned_range")
 

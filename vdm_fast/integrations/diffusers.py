@@ -19,10 +19,20 @@ diffusers' ``step``, all deliberate:
   in the sample's dtype, so fp16/bf16 steps are more accurate than diffusers' (which rounds
   every coefficient and intermediate to the half dtype).
 - Noise is drawn exactly as diffusers draws it (``randn_tensor(model_output.shape,
-  generator=generator, device=..., dtype=model_output.dtype)``, only when diffusers would), not
-  by the in-kernel Philox generator, so a seeded generator gives diffusers' samples.
-- ``pred_original_sample`` is a second ``reverse_step`` pass with coefficients (a_z, a_m, 0, 0,
-  1, 0) and the same clip: x̂ exactly as the step used it.
+  generator=generator, device=..., dtype=model_output.dtype)``, only when diffusers would), so a
+  seeded generator gives diffusers' samples. Opt-in ``scheduler.vdm_fast_noise = "philox"`` (or
+  ``accelerate(pipe, noise="philox")``) draws it inside the fused step instead, from vdm_fast's
+  Philox stream seeded by the generator (one ``torch.Generator``, not a list): faster, other samples.
+- Under ``torch.compile`` (fullgraph) checks that would read data on the host are
+  ``torch._assert_async``, and a DDPM step given tensor timesteps draws noise even at t = 0 (it
+  cannot look; the noise coefficient is 0 there, so the result is the same). A compiled step that
+  draws noise needs generator=None (or ``variance_noise``): dynamo cannot take a torch.Generator.
+- Saved pipelines: each instance reports the stock class's ``__module__``, so a pipeline's
+  ``model_index.json`` names ``["diffusers", "DDPMScheduler"]`` and stock diffusers loads it;
+  ``accelerate(pipe)`` swaps ours back into any pipeline (DDIMPipeline also replaces a scheduler it
+  is given with diffusers' own).
+- ``pred_original_sample`` is written by the same pass as ``prev_sample``
+  (``vdm_fast.reverse_step_with_x0``): x̂ exactly as the step used it (clamped by the same clip).
 - Dynamic thresholding (``thresholding=True``) needs the per-sample quantile s of |x̂|, which no
   fixed coefficient can give: x̂ is computed once in torch (float32) for the quantile, then the
   threshold is folded into the coefficients (clamp(x̂, -s, s) / s = clamp(x̂ / s, -1, 1): a_z and
@@ -31,7 +41,9 @@ diffusers' ``step``, all deliberate:
   in torch from the predicted variance and multiplies the noise before the fused pass.
 - ``fixed_large_log`` (GLIDE's max_log, log-variance log(beta_t)) uses std = sqrt(beta_t);
   diffusers' DDPM step takes ``log(beta_t) ** 0.5`` there, which is NaN for every t > 0.
-- ``model_output`` must have the sample's dtype and device (diffusers would type-promote).
+- ``model_output`` must be on the sample's device; of another dtype (a bfloat16 UNet next to a
+  float32 sample) the step runs in the promoted dtype, as diffusers' arithmetic promotes
+  (DESIGN.md §4.13).
 - An unknown timestep raises ``ValueError`` (diffusers raises ``IndexError``); with a (B,)
   tensor on the GPU the check costs one host synchronisation, as diffusers' ``t > 0`` does.
 """
@@ -40,7 +52,6 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
 import torch
 
 try:
@@ -54,10 +65,14 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .. import _checks
 from ..ops.q_sample import q_sample
-from ..ops.reverse_step import reverse_step
+from ..ops.randn_like import randn_like
+from ..ops.reverse_step import reverse_step, reverse_step_with_x0
 from ..schedules import DiscreteSchedule
 from . import _diffusers_coeffs as coeffs
 from .._namespace import public_dir
+
+
+NOISE_SOURCES = ("diffusers", "philox")
 
 
 class _FusedForwardProcess:
@@ -66,6 +81,31 @@ class _FusedForwardProcess:
     # The vdm_fast backend of every fused call (None: the default choice, see vdm_fast.backends).
     # A plain attribute, not config: it is not saved by save_pretrained.
     vdm_fast_backend: str | None = None
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        # A pipeline records each component as (library, class) from the component's __module__
+        # and class name (diffusers' _fetch_class_library_tuple), and stock diffusers can load only
+        # its own libraries. This instance reports the stock scheduler's module, so model_index.json
+        # says ("diffusers", "DDPMScheduler"): the saved config is a valid stock config, stock
+        # diffusers loads it, and accelerate() swaps ours back in. The class keeps its real
+        # __module__ (pickle, repr and imports are unaffected).
+        self.__dict__["__module__"] = cls._vdm_stock.__module__
+        return self
+
+    @property
+    def vdm_fast_noise(self) -> str:
+        """Where ``step`` draws its noise: ``"diffusers"`` (default; diffusers' ``randn_tensor``
+        with the step's generator, so seeded runs give diffusers' samples bit for bit) or
+        ``"philox"`` (vdm_fast's counter-based Philox inside the fused step: no separate noise
+        tensor, a different stream). A plain attribute, not config: not saved by save_pretrained."""
+        return self.__dict__.get("_vdm_fast_noise", "diffusers")
+
+    @vdm_fast_noise.setter
+    def vdm_fast_noise(self, value: str) -> None:
+        if value not in NOISE_SOURCES:
+            raise ValueError(f"vdm_fast_noise must be one of {', '.join(map(repr, NOISE_SOURCES))}, got {value!r}")
+        self.__dict__["_vdm_fast_noise"] = value
 
     def _vdm_schedule(self) -> DiscreteSchedule:
         # Built lazily from the betas diffusers computed (any beta_schedule, trained_betas and
@@ -128,81 +168,102 @@ def _same_state(a: tuple, b: tuple) -> bool:
 class _FusedReverseStep:
     """The machinery both ``step`` methods share: coefficient tables, timestep lookup, checks."""
 
-    def _vdm_step_output(self, sample, model_output, cols, clip, noise, return_dict, output_cls):
-        """diffusers' step result from the coefficient table's columns: x_{t-1} (the step row, with the
-        noise) and the predicted x0 (the x0 row), each one fused pass."""
-        prev_sample = reverse_step(sample, model_output, cols[coeffs.STEP], clip=clip, noise=noise,
-                                   backend=self.vdm_fast_backend)
-        pred_original_sample = reverse_step(sample, model_output, cols[coeffs.X0], clip=clip,
-                                            backend=self.vdm_fast_backend)
+    def _vdm_step_output(self, sample, model_output, cols, clip, noise, philox, generator, return_dict, output_cls):
+        """diffusers' step result from the coefficient table's columns, one fused pass: x_{t-1}
+        (the step rows, with ``noise``, or with Philox noise drawn in the kernel from ``generator``
+        when ``philox``) and the predicted x0, the x̂ the step forms (its rows a_z, a_m are x̂'s
+        also where x̂ is folded into the others: ``_diffusers_coeffs._table``)."""
+        # stochastic is always given: left to reverse_step, coefficients on a GPU would count as
+        # stochastic and draw a seed from torch's default generator on every deterministic pass.
+        prev_sample, pred_original_sample = reverse_step_with_x0(
+            sample, model_output, cols[coeffs.STEP], clip=clip, noise=noise, generator=generator if philox else None,
+            stochastic=True if philox else noise is not None, backend=self.vdm_fast_backend)
         if not return_dict:
             return (prev_sample, pred_original_sample)
         return output_cls(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
-    def _vdm_state(self) -> tuple:
-        """Everything the coefficient table depends on besides the device and the step's arguments."""
+    def _vdm_state(self) -> tuple | None:
+        """Everything the coefficient table depends on besides the device and the step's arguments;
+        None when that cannot be told (then the table is not cached)."""
+        extra = self._vdm_extra_state()
+        if extra is None:
+            return None
         return (self._vdm_schedule(), self.timesteps, self.num_inference_steps,
-                getattr(self, "custom_timesteps", False), self.config.prediction_type, self._vdm_fold(),
-                *self._vdm_extra_state())
+                getattr(self, "custom_timesteps", False), self.config.prediction_type, self._vdm_fold(), *extra)
 
     def _vdm_fold(self) -> bool:
         # x̂ is folded into the z and m coefficients when nothing clips it.
         return not (self.config.thresholding or self.config.clip_sample)
 
     def _vdm_table(self, device: torch.device, step_args: tuple):
-        """(table (ROWS, T) float64 on device, valid (T,) bool numpy, valid (T,) bool on device)."""
+        """(table (ROWS, T) float64 on device, valid (T,) bool on the CPU, valid (T,) bool on device,
+        valid as a list of bools, None under torch.compile).
+
+        Torch only (no NumPy, no host reads of device data), so a step compiled with
+        torch.compile(fullgraph=True) can build it in its graph. The list makes the eager check of
+        an int timestep a list lookup rather than a tensor index and read."""
         cache = self.__dict__.setdefault("_vdm_fast_tables", {})
         key, state = (device, step_args), self._vdm_state()
         hit = cache.get(key)
-        if hit is not None and _same_state(hit[0], state):
+        if hit is not None and state is not None and _same_state(hit[0], state):
             return hit[1]
         prev, valid = self._vdm_prev_timesteps()
         acp = self._vdm_schedule().alphas_cumprod.to(device)  # float64, from the betas
-        prev_t = torch.from_numpy(prev).to(device)
+        prev_t = prev.to(device)
         final = torch.as_tensor(self._vdm_final_alpha_cumprod(acp), dtype=torch.float64, device=device)
         ab_prev = torch.where(prev_t >= 0, acp[prev_t.clamp(min=0)], final)
         t = torch.arange(acp.numel(), device=device)
         table = self._vdm_rows(acp, ab_prev, t, *step_args).contiguous()
-        entry = (table, valid, torch.from_numpy(valid).to(device))
-        if len(cache) >= 16:  # eta/use_clipped_model_output vary rarely; keep the cache small
-            cache.clear()
-        cache[key] = (state, entry)
+        entry = (table, valid, valid.to(device), None if torch.compiler.is_compiling() else valid.tolist())
+        if state is not None:
+            if len(cache) >= 16:  # eta/use_clipped_model_output vary rarely; keep the cache small
+                cache.clear()
+            cache[key] = (state, entry)
         return entry
 
     def _vdm_columns(self, op: str, timestep, sample: torch.Tensor, step_args: tuple):
         """The table columns of ``timestep``: (ROWS,) for one timestep, (ROWS, B) per sample.
 
-        Also returns a CPU-or-device boolean "any timestep > 0" source: the int itself or the
-        (B,) tensor, for the caller's noise decision.
+        Also returns the timestep(s) (an int or a (B,) tensor) for the caller's noise decision.
+        Eagerly an unknown timestep raises ValueError; under torch.compile the check is
+        torch._assert_async (a host read would break the graph) and a one-element tensor
+        timestep stays a tensor (``.item()`` would break it too).
         """
-        table, valid_np, valid_dev = self._vdm_table(sample.device, step_args)
-        num_t = valid_np.shape[0]
+        table, valid_cpu, valid_dev, valid_list = self._vdm_table(sample.device, step_args)
+        num_t = valid_cpu.shape[0]
+        compiling = torch.compiler.is_compiling()
+        bad = f"not timesteps of this scheduler (0..{num_t - 1}{self._vdm_valid_hint()})"
         if isinstance(timestep, torch.Tensor):
             if timestep.is_floating_point() or timestep.is_complex() or timestep.dtype == torch.bool:
                 raise TypeError(f"{op}: timestep must hold integer timesteps, got dtype {timestep.dtype}")
-            if timestep.numel() == 1 and timestep.dim() <= 1:
+            one = timestep.numel() == 1 and timestep.dim() <= 1
+            if one and not compiling:
                 timestep = int(timestep.item())  # one timestep for all (what diffusers takes)
-            elif timestep.dim() == 1 and timestep.shape[0] == sample.shape[0]:
-                t = timestep.long()
-                valid = valid_dev if t.device == sample.device else torch.from_numpy(valid_np)
-                if t.device != sample.device and t.device.type != "cpu":
-                    t = t.to(sample.device)
-                    valid = valid_dev
-                ok = (t >= 0) & (t < num_t)
-                if not bool((ok & valid[t.clamp(0, num_t - 1)]).all()):
-                    raise ValueError(f"{op}: timestep holds values that are not timesteps of this scheduler "
-                                     f"(0..{num_t - 1}{self._vdm_valid_hint()}): {t.tolist()}")
-                t_dev = t.to(sample.device)
-                return table.index_select(1, t_dev), t
+            elif one or (timestep.dim() == 1 and timestep.shape[0] == sample.shape[0]):
+                t = timestep.long().reshape(-1)
+                # Checked where t lies (a CPU tensor: no device sync), on the sample's device otherwise.
+                valid = valid_cpu if t.device.type == "cpu" else valid_dev
+                if t.device.type != "cpu" and t.device != sample.device:
+                    t, valid = t.to(sample.device), valid_dev
+                ok = ((t >= 0) & (t < num_t) & valid[t.clamp(0, num_t - 1)]).all()
+                if compiling:
+                    torch._assert_async(ok, f"{op}: timestep holds values that are {bad}")
+                elif not bool(ok):
+                    raise ValueError(f"{op}: timestep holds values that are {bad}: {t.tolist()}")
+                cols = table.index_select(1, t.to(sample.device))
+                return (cols[:, 0] if one else cols), t
             else:
                 raise ValueError(f"{op}: timestep must be an int, a 0-d tensor or a tensor of shape "
                                  f"({sample.shape[0]},) (one per sample), got shape {tuple(timestep.shape)}")
         if isinstance(timestep, bool) or not isinstance(timestep, numbers.Integral):
             raise TypeError(f"{op}: timestep must be an int or an integer tensor, got {type(timestep).__name__}")
         timestep = int(timestep)
-        if not (0 <= timestep < num_t and valid_np[timestep]):
-            raise ValueError(f"{op}: timestep {timestep} is not a timestep of this scheduler "
-                             f"(0..{num_t - 1}{self._vdm_valid_hint()})")
+        if not 0 <= timestep < num_t:
+            raise ValueError(f"{op}: timestep {timestep} is {bad}")
+        if compiling:
+            torch._assert_async(valid_cpu[timestep], f"{op}: timestep {timestep} is {bad}")
+        elif not (valid_list[timestep] if valid_list is not None else bool(valid_cpu[timestep])):
+            raise ValueError(f"{op}: timestep {timestep} is {bad}")  # (no list: the table was built compiling)
         return table[:, timestep], timestep
 
     def _vdm_valid_hint(self) -> str:
@@ -215,9 +276,6 @@ class _FusedReverseStep:
         if model_output.shape != sample.shape:
             raise ValueError(f"{op}: model_output must have the shape of sample {tuple(sample.shape)}, "
                              f"got {tuple(model_output.shape)}")
-        if model_output.dtype != sample.dtype:
-            raise TypeError(f"{op}: model_output must have the dtype of sample ({sample.dtype}), "
-                            f"got {model_output.dtype}")
         if model_output.device != sample.device:
             raise ValueError(f"{op}: model_output is on {model_output.device} but sample is on {sample.device}")
 
@@ -260,16 +318,37 @@ class _FusedReverseStep:
 
     @staticmethod
     def _vdm_any_positive(t) -> bool:
-        return t > 0 if isinstance(t, int) else bool((t > 0).any())
+        if isinstance(t, int):
+            return t > 0
+        # Under torch.compile the values cannot be read (graph break): noise is drawn for the batch,
+        # and the table's noise row, 0 where t = 0, keeps the step diffusers' step.
+        return True if torch.compiler.is_compiling() else bool((t > 0).any())
+
+    def _vdm_philox(self, op: str, generator) -> bool:
+        """Whether the step's noise is Philox, drawn in the kernel from ``generator``."""
+        if self.vdm_fast_noise != "philox":
+            return False
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"{op}: generator must be one torch.Generator (or None) with vdm_fast_noise='philox', "
+                            f"got {type(generator).__name__}")
+        return True
 
 
 class DDPMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDPMScheduler):
     """diffusers.DDPMScheduler with fused add_noise / get_velocity / step."""
 
-    def _vdm_extra_state(self) -> tuple:
+    _vdm_stock = _diffusers.DDPMScheduler  # the diffusers class this one replaces
+
+    def _vdm_extra_state(self) -> tuple | None:
         # The previous timestep of each t comes from the values of self.timesteps: a table built
         # before an in-place edit of them is stale (the tensor is the same object, so its identity in
         # _vdm_state cannot tell).
+        if not (self.custom_timesteps or self.num_inference_steps):
+            return (self.variance_type,)  # prev = t - 1: the values do not matter
+        if torch.compiler.is_compiling():
+            # Neither the version counter nor the values can be read in a graph: no cache, the table
+            # is built in the compiled graph from the current values.
+            return None
         return (self.variance_type, _values_key(self.timesteps))
 
     def _vdm_final_alpha_cumprod(self, acp: torch.Tensor) -> float:
@@ -279,13 +358,17 @@ class DDPMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDPMSche
         """prev[t] and valid[t] for t in 0..T-1, as diffusers' ``previous_timestep``."""
         num_t = self.config.num_train_timesteps
         if not (self.custom_timesteps or self.num_inference_steps):
-            return np.arange(num_t, dtype=np.int64) - 1, np.ones(num_t, dtype=bool)
-        ts = self.timesteps.detach().cpu().numpy().astype(np.int64)
-        prev, valid = np.full(num_t, -1, dtype=np.int64), np.zeros(num_t, dtype=bool)
-        for i in range(len(ts) - 1, -1, -1):  # backwards: the first occurrence wins, as nonzero()[0] in diffusers
-            if 0 <= ts[i] < num_t:
-                prev[ts[i]], valid[ts[i]] = (ts[i + 1] if i + 1 < len(ts) else -1), True
-        return prev, valid
+            return torch.arange(num_t) - 1, torch.ones(num_t, dtype=torch.bool)
+        ts = self.timesteps.detach().to("cpu", torch.int64).flatten()
+        n = ts.numel()
+        # first[t]: the first index i with ts[i] = t (diffusers' nonzero()[0]), n where there is none;
+        # timesteps outside 0..T-1 go to a spare slot T, dropped. Vectorised (no host loop) so that
+        # torch.compile can trace it.
+        slot = torch.where((ts >= 0) & (ts < num_t), ts, num_t)
+        first = torch.full((num_t + 1,), n).scatter_reduce(0, slot, torch.arange(n), "amin")[:num_t]
+        valid = first < n
+        following = torch.cat([ts[1:], ts.new_full((1,), -1)])  # the timestep after each; -1 after the last
+        return torch.where(valid, following[first.clamp(max=max(n - 1, 0))], -1), valid
 
     def _vdm_valid_hint(self) -> str:
         return ", and one of scheduler.timesteps" if (self.custom_timesteps or self.num_inference_steps) else ""
@@ -317,13 +400,20 @@ class DDPMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDPMSche
         threshold, clip = self._vdm_clip()
         if threshold:
             cols = self._vdm_threshold(cols, sample, model_output)
-        noise = None
+        noise, philox = None, self._vdm_philox(op, generator)
         if self._vdm_any_positive(t):  # diffusers draws only when t > 0
-            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                 dtype=model_output.dtype)
-            if learned:
-                noise = self._vdm_learned_noise(cols, predicted_variance, noise)
-        return self._vdm_step_output(sample, model_output, cols, clip, noise, return_dict, DDPMSchedulerOutput)
+            if learned:  # the noise is scaled per element before the kernel, so it is drawn here
+                noise = (randn_like(sample, generator, backend=self.vdm_fast_backend) if philox else
+                         randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                      dtype=model_output.dtype))
+                noise, philox = self._vdm_learned_noise(cols, predicted_variance, noise), False
+            elif not philox:
+                noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                     dtype=model_output.dtype)
+        else:
+            philox = False
+        return self._vdm_step_output(sample, model_output, cols, clip, noise, philox, generator, return_dict,
+                                     DDPMSchedulerOutput)
 
     def _vdm_learned_noise(self, cols, predicted_variance, noise):
         """std * noise, per element, for the learned variance types (the noise row of the table is 1)."""
@@ -342,6 +432,8 @@ class DDPMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDPMSche
 class DDIMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDIMScheduler):
     """diffusers.DDIMScheduler with fused add_noise / get_velocity / step."""
 
+    _vdm_stock = _diffusers.DDIMScheduler
+
     def _vdm_extra_state(self) -> tuple:
         return (self.config.set_alpha_to_one,)
 
@@ -351,8 +443,7 @@ class DDIMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDIMSche
     def _vdm_prev_timesteps(self):
         # diffusers' DDIM steps back by T // num_inference_steps whatever the timestep spacing.
         num_t = self.config.num_train_timesteps
-        prev = np.arange(num_t, dtype=np.int64) - num_t // self.num_inference_steps
-        return prev, np.ones(num_t, dtype=bool)
+        return torch.arange(num_t) - num_t // self.num_inference_steps, torch.ones(num_t, dtype=torch.bool)
 
     def _vdm_rows(self, acp, ab_prev, t, eta, use_clipped_model_output):
         return coeffs.ddim(acp, ab_prev, self.config.prediction_type, eta, use_clipped_model_output, self._vdm_fold())
@@ -382,20 +473,83 @@ class DDIMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDIMSche
         threshold, clip = self._vdm_clip()
         if threshold:
             cols = self._vdm_threshold(cols, sample, model_output)
-        noise = None
+        noise, philox = None, False
         if eta > 0:
             if variance_noise is not None and generator is not None:
                 raise ValueError(
                     "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
                     " `variance_noise` stays `None`."
                 )
-            if variance_noise is None:
+            if variance_noise is not None:
+                noise = _checks.same_as(op, "variance_noise", variance_noise, sample, "sample")
+            elif not (philox := self._vdm_philox(op, generator)):
                 noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                      dtype=model_output.dtype)
-            else:
-                noise = _checks.same_as(op, "variance_noise", variance_noise, sample, "sample")
-        return self._vdm_step_output(sample, model_output, cols, clip, noise, return_dict, DDIMSchedulerOutput)
+        return self._vdm_step_output(sample, model_output, cols, clip, noise, philox, generator, return_dict,
+                                     DDIMSchedulerOutput)
 
 
-__all__ = ["DDPMScheduler", "DDIMScheduler"]
+def _counterpart(scheduler):
+    """Our class for a stock diffusers scheduler (exact type: a user's subclass may change what
+    step does), ours itself for one of ours, None otherwise."""
+    if isinstance(scheduler, (DDPMScheduler, DDIMScheduler)):
+        return type(scheduler)
+    return {DDPMScheduler._vdm_stock: DDPMScheduler, DDIMScheduler._vdm_stock: DDIMScheduler}.get(type(scheduler))
+
+
+def accelerate(pipe, *, noise: str = "diffusers", backend: str | None = None):
+    """Swap the DDPM/DDIM schedulers of a diffusers pipeline for vdm_fast's, in place; returns ``pipe``.
+
+    Needed because pipelines may replace a scheduler they are given (``DDIMPipeline.__init__``
+    rebuilds it with diffusers' ``DDIMScheduler.from_config``) and ``from_pretrained`` loads the
+    stock classes. Every component that is a stock ``DDPMScheduler`` / ``DDIMScheduler`` (``scheduler``,
+    DeepFloyd IF's ``image_noising_scheduler``, ...) is rebuilt from its config as ours, also in the
+    sub-pipelines a combined pipeline holds; one shared scheduler stays shared.
+
+    Args:
+        pipe: a ``diffusers.DiffusionPipeline``.
+        noise: the ``step``'s noise (``vdm_fast_noise``): ``"diffusers"`` (diffusers' stream, bit for
+            bit) or ``"philox"`` (drawn inside the fused step: faster, a different stream).
+        backend: the vdm_fast backend of the fused calls (None: the default, see vdm_fast.backends).
+
+    Raises:
+        TypeError: ``pipe`` is not a DiffusionPipeline.
+        ValueError: no scheduler of ``pipe`` has a vdm_fast counterpart (the error names its class),
+            or ``noise`` is unknown.
+    """
+    if not isinstance(pipe, _diffusers.DiffusionPipeline):
+        raise TypeError(f"accelerate: pipe must be a diffusers.DiffusionPipeline, got {type(pipe).__name__}")
+    if noise not in NOISE_SOURCES:
+        raise ValueError(f"accelerate: noise must be one of {', '.join(map(repr, NOISE_SOURCES))}, got {noise!r}")
+    swapped, others = {}, []  # id(stock scheduler) -> ours; names of schedulers left alone
+    pipes, seen = [pipe], set()
+    while pipes:
+        p = pipes.pop()
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        # Combined pipelines (Kandinsky's) run sub-pipelines held as plain attributes.
+        pipes.extend(v for v in vars(p).values() if isinstance(v, _diffusers.DiffusionPipeline))
+        for name, component in p.components.items():
+            if not isinstance(component, _diffusers.SchedulerMixin):
+                continue
+            cls = _counterpart(component)
+            if cls is None:
+                others.append(f"{type(p).__name__}.{name} ({type(component).__module__}.{type(component).__name__})")
+                continue
+            ours = swapped.get(id(component))
+            if ours is None:
+                ours = component if isinstance(component, cls) else cls.from_config(component.config)
+                ours.vdm_fast_noise, ours.vdm_fast_backend = noise, backend
+                swapped[id(component)] = ours
+            if ours is not component:
+                setattr(p, name, ours)  # the pipeline's __setattr__ records it in its config
+    if not swapped:
+        found = "; ".join(others) if others else "it has no scheduler component"
+        raise ValueError(f"accelerate: pipe has no scheduler with a vdm_fast counterpart (DDPMScheduler, "
+                         f"DDIMScheduler): {found}")
+    return pipe
+
+
+__all__ = ["DDPMScheduler", "DDIMScheduler", "accelerate"]
 __dir__ = public_dir(__all__)
