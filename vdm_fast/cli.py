@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--ops", default=None, help="comma-separated ops to run (default: all)")
     p_bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p_bench.add_argument("--min-time", type=float, default=None, help="seconds of timing per provider and case")
+    p_bench.add_argument("--e2e", action="store_true",
+                         help="end-to-end steps instead: UNet training/sampling, VDM ELBO step (cases_e2e.py)")
     p_bench.add_argument("--no-dram", action="store_true", help="skip the DRAM-sized cases")
     p_bench.add_argument("--out", default="vdm_fast_out/bench", help="folder for bench.json and bench.png")
     p_bench.set_defaults(func=_cmd_bench)

@@ -26,7 +26,7 @@ def case_modules() -> dict[str, object]:
 
     found = {}
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.startswith("cases_") and info.name != "cases_spec":
+        if info.name.startswith("cases_") and info.name not in ("cases_spec", "cases_e2e"):  # e2e: --e2e only
             found[info.name[len("cases_"):]] = importlib.import_module(f"vdm_fast.bench.{info.name}")
     covered = {op for module in found.values() for op in module.OPS}
     for name, spec in SPECS.items():
@@ -76,6 +76,11 @@ def _chart(results: list[harness.Result], path: str) -> bool:
 
 def main(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if getattr(args, "e2e", False):  # whole training and sampling steps with a network (cases_e2e.py)
+        from . import cases_e2e
+
+        cases_e2e.main(quick=args.quick, min_time=args.min_time, out=args.out, device=device)
+        return 0
     modules = case_modules()
     wanted = args.ops.split(",") if args.ops else sorted(modules)
     unknown = [op for op in wanted if op not in modules]
