@@ -108,7 +108,7 @@ def test_public_namespace_is_its_all(name):
 
 def test_diffusers_namespace_is_its_all():
     module = pytest.importorskip("vdm_fast.integrations.diffusers")
-    assert dir(module) == sorted(module.__all__) == ["DDIMScheduler", "DDPMScheduler"]
+    assert dir(module) == sorted(module.__all__) == ["DDIMScheduler", "DDPMScheduler", "accelerate"]
 
 
 def test_wheel_carries_every_module(tmp_path):
