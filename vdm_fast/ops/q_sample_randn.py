@@ -78,9 +78,10 @@ def q_sample_randn(x0: torch.Tensor, alpha, sigma, generator: torch.Generator | 
     Args:
         x0: clean data, shape (B, ...), float32/float64/float16/bfloat16, any strides.
         alpha, sigma: per-sample scales: a float, a 0-d, a (B,) or a (B, 1, ..., 1) tensor.
-        generator: the torch.Generator the seed is drawn from (one draw per call); default:
-            torch's default CPU generator. The noise equals ``randn_like(x0, generator)`` for the
-            same generator state.
+        generator: the torch.Generator the seed is drawn from (one draw per call; default:
+            torch's default CPU generator), or a 0-d int64 tensor that is the seed. The noise
+            equals ``randn_like(x0, generator)`` for the same generator state. Under
+            torch.compile: None (the same seeds as eager) or a seed tensor (DESIGN.md §6).
         backend: ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``; default: the fastest.
 
     Returns:

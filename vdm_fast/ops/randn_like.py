@@ -21,14 +21,43 @@ NAME = "randn_like"
 _SEED_LOW, _SEED_HIGH = -(2**63), 2**63 - 1  # all 64-bit patterns but one
 
 
-def draw_seed(generator: torch.Generator | None = None, op: str = NAME) -> torch.Tensor:
+@torch.library.custom_op("vdm_fast::draw_default_seed", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
+def _draw_default_seed() -> torch.Tensor:
+    """One draw from torch's default CPU generator, as an op: torch.compile keeps it opaque, so a
+    compiled call draws the same seed as the eager call (Inductor would replace a traced
+    torch.randint by its own RNG), and the nondeterministic_seeded tag keeps two draws apart."""
+    return torch.randint(_SEED_LOW, _SEED_HIGH, (), dtype=torch.int64)
+
+
+@_draw_default_seed.register_fake
+def _(*args):
+    return torch.empty((), dtype=torch.int64)
+
+
+def draw_seed(generator: torch.Generator | torch.Tensor | None = None, op: str = NAME) -> torch.Tensor:
     """A 64-bit Philox seed, as a 0-d int64 tensor, drawn from ``generator`` (default: torch's
-    default CPU generator). The tensor is on the generator's device, so a CUDA generator never
-    syncs the host; kernels read the seed where it lies."""
+    default CPU generator), or ``generator`` itself when it is a 0-d int64 tensor (the seed, given
+    directly). The tensor is on the generator's device, so a CUDA generator never syncs the host;
+    kernels read the seed where it lies.
+
+    Under torch.compile (DESIGN.md §6): generator=None draws from the default generator through an
+    opaque op, so compiled and eager calls draw the same seeds from the same torch.manual_seed; a
+    seed tensor traces as any input; a torch.Generator object cannot be traced (Dynamo cannot put
+    one in a graph, a PyTorch limit) and is refused with an error naming the argument."""
     if generator is None:
-        return torch.randint(_SEED_LOW, _SEED_HIGH, (), dtype=torch.int64)
+        return _draw_default_seed()
+    if isinstance(generator, torch.Tensor):
+        if generator.dtype != torch.int64 or generator.dim() != 0:
+            raise TypeError(f"{op}: generator given as a tensor must be a 0-d int64 seed, got a "
+                            f"{generator.dim()}-d {generator.dtype} tensor")
+        return generator
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"{op}: generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise TypeError(f"{op}: generator must be a torch.Generator, a 0-d int64 seed tensor or None, got "
+                        f"{type(generator).__name__}")
+    if torch.compiler.is_compiling():
+        raise RuntimeError(f"{op}: generator: torch.compile cannot trace a torch.Generator (a PyTorch limit); in a "
+                           "compiled function pass generator=None (torch's default generator, the same seeds as "
+                           "eager) or a 0-d int64 seed tensor, e.g. one drawn from the generator outside")
     return torch.randint(_SEED_LOW, _SEED_HIGH, (), dtype=torch.int64, generator=generator, device=generator.device)
 
 
@@ -63,8 +92,9 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None = None, *, bac
     Args:
         x: any shape (0-d included), float32/float64/float16/bfloat16. Only its shape, dtype,
             device and layout are used.
-        generator: the torch.Generator the 64-bit seed is drawn from (one draw per call);
-            default: torch's default CPU generator.
+        generator: the torch.Generator the 64-bit seed is drawn from (one draw per call;
+            default: torch's default CPU generator), or a 0-d int64 tensor that is the seed.
+            Under torch.compile: None (the same seeds as eager) or a seed tensor (DESIGN.md §6).
         backend: ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``; default: the fastest.
 
     Returns:

@@ -125,7 +125,8 @@ def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=Non
             ``vdm_fast.randn_like(z, generator)`` for the same generator state, and nothing is
             drawn for samples whose c_n is 0.
         generator: the torch.Generator the 64-bit seed of drawn noise comes from (one draw per
-            stochastic call); default: torch's default CPU generator.
+            stochastic call; default: torch's default CPU generator), or a 0-d int64 tensor that is
+            the seed. Under torch.compile: None or a seed tensor (DESIGN.md §6).
         stochastic: whether some c_n is non-zero, i.e. whether noise must be drawn when ``noise``
             is None. None (default): looked up where that costs no device sync — c_n given as a
             Python number, or coefficients on the CPU — and otherwise (coefficients on a GPU, or
@@ -180,8 +181,10 @@ def _prepare(z, model_out, coeffs, *, uncond=None, guidance_scale=None, classifi
         if not isinstance(clip, numbers.Real) or isinstance(clip, bool) or not clip > 0:
             raise ValueError(f"{NAME}: clip must be a positive float or None, got {clip!r}")
         clip = float(clip)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{NAME}: generator must be a torch.Generator, got {type(generator).__name__}")
+    # Tensor first, and apart: Dynamo cannot trace isinstance(tensor, torch.Generator).
+    if not (generator is None or isinstance(generator, torch.Tensor) or isinstance(generator, torch.Generator)):
+        raise TypeError(f"{NAME}: generator must be a torch.Generator, a 0-d int64 seed tensor or None, got "
+                        f"{type(generator).__name__}")
     if stochastic is not None and not isinstance(stochastic, bool):
         raise TypeError(f"{NAME}: stochastic must be True, False or None, got {type(stochastic).__name__}")
     _reject_grad((("z", z), ("model_out", model_out), ("coeffs", coeffs), ("uncond", uncond),
