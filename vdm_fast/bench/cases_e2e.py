@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .harness import time_interleaved
+from .harness import rss_kib, time_interleaved
 
 SAMPLE_STEPS = 10
 QUICK_SAMPLE_STEPS = 2
@@ -396,14 +396,6 @@ def format_rows(rows: list[dict]) -> str:
 # --- peak memory (fresh process per measurement) ---------------------------------------------------
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _measure_here(spec, provider: str) -> int:
     import gc
 
@@ -413,9 +405,9 @@ def _measure_here(spec, provider: str) -> int:
     gc.collect()
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
-    before = _rss_kib("VmRSS")
+    before = rss_kib("VmRSS")
     fn()
-    return (_rss_kib("VmHWM") - before) * 1024
+    return (rss_kib("VmHWM") - before) * 1024
 
 
 def peak_memory(spec, provider: str, mmap_threshold: int = 65536) -> int:

@@ -25,7 +25,7 @@ import torch
 from .. import backends, reference
 from ..ops.discretized_gaussian_nll import discretized_gaussian_nll
 from ..ops.recon_nll import recon_nll
-from .harness import Case
+from .harness import Case, rss_kib
 
 SHAPES = [(64, 3, 64, 64), (16, 4, 64, 64), (256, 3, 32, 32)]
 QUICK_SHAPES = [(4, 3, 32, 32)]
@@ -124,14 +124,6 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
 # --- peak memory, one fresh process per measurement -------------------------------------------
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _measure_here(kind: str, variant: str, shape, device: str, provider: str) -> int:
     fn = _providers(kind, shape, device, variant, _compiled())[provider]
     fn()  # warm-up (compiles torch.compile providers)
@@ -147,9 +139,9 @@ def _measure_here(kind: str, variant: str, shape, device: str, provider: str) ->
     gc.collect()
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset VmHWM to the current RSS
-    before = _rss_kib("VmRSS")
+    before = rss_kib("VmRSS")
     result = fn()
-    peak = _rss_kib("VmHWM")
+    peak = rss_kib("VmHWM")
     del result
     return (peak - before) * 1024
 

@@ -148,3 +148,14 @@ def format_table(results: list[Result]) -> str:
             )
         lines.append(f"{'':<16} {res.case.label:<28} {'triad (same size)':<22} {'':>10} {res.triad_gbps:>8.1f}")
     return "\n".join(lines)
+
+
+def rss_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in KiB: ``VmRSS`` (resident now) or
+    ``VmHWM`` (the resident peak), for the peak-memory cases (one fresh process per measurement)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
