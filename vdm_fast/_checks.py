@@ -59,6 +59,21 @@ def data_dtype(tensors) -> torch.dtype:
     return dtype
 
 
+def promoted_data(op: str, named) -> tuple[list, torch.dtype]:
+    """The data arguments ``named`` ((name, tensor or None) pairs, the first one a tensor) checked
+    (the first as data, the others of its shape and device; errors name the argument) and
+    converted to their common dtype (``data_dtype``, ``promote``): (tensors, that dtype), None
+    kept in place."""
+    (first_name, first), *others = named
+    data(op, first_name, first)
+    for name, t in others:
+        if t is not None:
+            same_as(op, name, t, first, first_name)
+    tensors = [t for _, t in named]
+    dtype = data_dtype(t for t in tensors if t is not None)
+    return promote(tensors, dtype), dtype
+
+
 def promote(tensors, dtype: torch.dtype) -> list:
     """``tensors`` in ``dtype`` (None stays None). A differentiable cast: the gradient reaches a
     lower-precision argument in its own dtype. Reading a float16/bfloat16 value into float32 is

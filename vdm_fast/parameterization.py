@@ -240,9 +240,9 @@ def score_shift_scale(parameterization: str, alpha, sigma):
 
 
 __all__ = [
-    "PARAMETERIZATIONS", "DIFFUSERS_NAMES", "check", "alpha_sigma_squared", "alpha_sigma", "snr", "gamma_from_alpha_bar", "alpha_ratio",
-    "sigma_ratio", "snr_ratio", "one_minus_snr_ratio", "one_minus_alpha_sq_ratio", "x0_coeffs", "eps_coeffs",
-    "score_coeffs", "v_coeffs", "conversion_coeffs", "convert", "regression_target", "sq_error_scale",
+    "PARAMETERIZATIONS", "DIFFUSERS_NAMES", "check", "alpha_sigma_squared", "alpha_sigma", "snr", "gamma_from_alpha_bar",
+    "alpha_ratio", "sigma_ratio", "snr_ratio", "one_minus_snr_ratio", "one_minus_alpha_sq_ratio", "x0_coeffs",
+    "eps_coeffs", "score_coeffs", "v_coeffs", "conversion_coeffs", "convert", "regression_target", "sq_error_scale",
     "score_shift_scale",
 ]
 __dir__ = public_dir(__all__)

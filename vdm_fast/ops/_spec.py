@@ -117,22 +117,19 @@ class OpSpec:
 
     def prepare(self, *values, **options) -> tuple:
         """The public arguments checked (errors name the argument) and normalised: data tensors in
-        their promoted dtype (``_checks.data_dtype``), coefficients as contiguous (B,) tensors of the compute dtype on the data's device,
-        a generator drawn into (seed, 0). Returns the native ops' arguments."""
+        their promoted dtype (``_checks.data_dtype``), coefficients as contiguous (B,) tensors of the
+        compute dtype on the data's device, a generator drawn into (seed, 0). Returns the native
+        ops' arguments."""
         if self.prepare_fn is not None:
             return self.prepare_fn(*values, **options)
         op, first, out = self.name, None, []
         data = [(arg.name, value) for arg, value in zip(self.args, values) if arg.role == DATA]
         if data:
-            first_name, first = data[0]
-            _checks.data(op, first_name, first)
-            for name, value in data[1:]:
-                _checks.same_as(op, name, value, first, first_name)
             # Mixed dtypes (a bfloat16 model output next to float32 data) are computed in the
             # promoted dtype (DESIGN.md §4.13).
-            dtype = _checks.data_dtype(v for _, v in data)
-            promoted = iter(_checks.promote([v for _, v in data], dtype))
-            cdt = _checks.compute_dtype(dtype)
+            tensors, dtype = _checks.promoted_data(op, data)
+            first = data[0][1]
+            promoted, cdt = iter(tensors), _checks.compute_dtype(dtype)
         for arg, value in zip(self.args, values):
             if arg.role == DATA:
                 out.append(next(promoted))
@@ -146,7 +143,7 @@ class OpSpec:
                     raise TypeError(f"{op}: {arg.name} must be a torch.Tensor, got {type(value).__name__}")
                 if value.dtype not in _checks.DATA_DTYPES:
                     raise TypeError(f"{op}: {arg.name} must be float32, float64, float16 or bfloat16, got {value.dtype}")
-                first, first_name = value, arg.name
+                first = value
                 out.append(value.detach())
             elif arg.role == CHOICE:
                 value = arg.aliases.get(value, value) if isinstance(value, str) else value

@@ -138,8 +138,8 @@ def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=Non
         backend: see :mod:`vdm_fast.backends`.
 
     Returns:
-        z_next, shape of z, in the promoted dtype (z's when the inputs share it; strides of z when z is batch-major dense). Not
-        differentiable: an input that requires grad while grad mode is on raises ValueError.
+        z_next, shape of z, in the promoted dtype (z's when the inputs share it; strides of z when z
+        is batch-major dense). Not differentiable: an input that requires grad while grad mode is on raises ValueError.
     """
     return SPEC(z, model_out, coeffs, uncond=uncond, guidance_scale=guidance_scale,
                 classifier_grad=classifier_grad, grad_scale=grad_scale, clip=clip, noise=noise,
@@ -160,16 +160,11 @@ def _prepare(z, model_out, coeffs, *, uncond=None, guidance_scale=None, classifi
              clip=None, noise=None, generator=None, stochastic=None) -> tuple:
     """reverse_step's public arguments checked (errors name the argument) and normalised into the
     native op's: coefficients (6, B) in the compute dtype, guidance pairs, clip, noise or a drawn seed."""
-    _checks.data(NAME, "z", z)
-    _checks.same_as(NAME, "model_out", model_out, z, "z")
-    for name, t in (("uncond", uncond), ("classifier_grad", classifier_grad), ("noise", noise)):
-        if t is not None:
-            _checks.same_as(NAME, name, t, z, "z")
     # Mixed dtypes (a bfloat16 model's output next to a float32 latent) are computed and returned
     # in the promoted dtype (DESIGN.md §4.13).
-    dtype = _checks.data_dtype(t for t in (z, model_out, uncond, classifier_grad, noise) if t is not None)
-    z, model_out, uncond, classifier_grad, noise = _checks.promote((z, model_out, uncond, classifier_grad, noise),
-                                                                   dtype)
+    (z, model_out, uncond, classifier_grad, noise), dtype = _checks.promoted_data(
+        NAME, (("z", z), ("model_out", model_out), ("uncond", uncond), ("classifier_grad", classifier_grad),
+               ("noise", noise)))
     batch, cdt = z.shape[0], _checks.compute_dtype(dtype)
     coeffs_arg = coeffs
     coeffs = step_coeffs(NAME, coeffs, batch, z.device, cdt)
