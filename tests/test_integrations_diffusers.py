@@ -203,8 +203,10 @@ def test_accelerate_options_and_errors(unet):
     assert (pipe.scheduler.vdm_fast_noise, pipe.scheduler.vdm_fast_backend) == ("philox", "reference")
     kept = pipe.scheduler
     assert ours.accelerate(pipe).scheduler is kept and kept.vdm_fast_noise == "diffusers"  # ours: options reset
-    with pytest.raises(ValueError, match="EulerDiscreteScheduler"):
-        ours.accelerate(diffusers.DDPMPipeline(unet, diffusers.EulerDiscreteScheduler()))
+    with pytest.raises(ValueError, match="PNDMScheduler"):
+        ours.accelerate(diffusers.DDPMPipeline(unet, diffusers.PNDMScheduler()))
+    with pytest.raises(ValueError, match="no fused step for solver_order=3"):  # a config we do not fuse
+        ours.accelerate(diffusers.DDPMPipeline(unet, diffusers.DPMSolverMultistepScheduler(solver_order=3)))
     with pytest.raises(ValueError, match="accelerate: noise must be one of"):
         ours.accelerate(pipe, noise="torch")
     with pytest.raises(TypeError, match="pipe must be a diffusers.DiffusionPipeline"):
@@ -253,9 +255,9 @@ class _TwoSchedulers(diffusers.DiffusionPipeline):
 
 def test_accelerate_swaps_every_scheduler_and_keeps_sharing(unet):
     shared = diffusers.DDPMScheduler(num_train_timesteps=300)
-    pipe = ours.accelerate(_TwoSchedulers(unet, diffusers.DDIMScheduler(), shared, diffusers.EulerDiscreteScheduler()))
+    pipe = ours.accelerate(_TwoSchedulers(unet, diffusers.DDIMScheduler(), shared, diffusers.PNDMScheduler()))
     assert type(pipe.scheduler) is ours.DDIMScheduler and type(pipe.image_noising_scheduler) is ours.DDPMScheduler
     assert pipe.inner.scheduler is pipe.image_noising_scheduler  # still one object, now ours
     assert pipe.image_noising_scheduler.config.num_train_timesteps == 300
-    assert type(pipe.other) is diffusers.EulerDiscreteScheduler  # no counterpart: left alone
+    assert type(pipe.other) is diffusers.PNDMScheduler  # no counterpart: left alone
     assert pipe.config.image_noising_scheduler == ("diffusers", "DDPMScheduler")

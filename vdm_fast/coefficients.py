@@ -37,6 +37,7 @@ import torch
 from .parameterization import (alpha_ratio, alpha_sigma, alpha_sigma_squared, eps_coeffs,
                                one_minus_alpha_sq_ratio, one_minus_snr_ratio, score_coeffs, sigma_ratio, snr,
                                snr_ratio, x0_coeffs)
+from .karras import interpolated_gamma
 from .schedules import DiscreteSchedule, Schedule
 from ._namespace import public_dir
 
@@ -83,14 +84,17 @@ def gammas(schedule, times: torch.Tensor, dtype: torch.dtype = BUILD_DTYPE) -> t
     any schedule with ``gamma(t)``.
 
     Integer ``times`` on a ``DiscreteSchedule`` index its (float64) table; negative timesteps give
-    -inf (the clean level). vdm_fast's schedules, learned ones included, evaluate in ``dtype``;
+    -inf (the clean level); float times there are fractional timesteps (``karras.karras_times``),
+    linear in gamma between entries (``karras.interpolated_gamma``). vdm_fast's schedules, learned ones included, evaluate in ``dtype``;
     any other object with ``gamma(t)`` is called with float times cast to its own dtype (an
     nn.Module's parameters', else ``dtype``; integer times as they are) and its result is cast to
     ``dtype``. Learned schedules are evaluated without
     building a graph only if the caller is under ``torch.no_grad`` (the loops are).
     """
     times = torch.as_tensor(times)
-    if isinstance(schedule, DiscreteSchedule) and not times.is_floating_point():
+    if isinstance(schedule, DiscreteSchedule):
+        if times.is_floating_point():  # fractional timesteps (a Karras grid): linear in gamma between entries
+            return interpolated_gamma(schedule, times, dtype)
         g = schedule.gamma(times.clamp(min=0), dtype)
         return torch.where(times < 0, torch.full_like(g, -float("inf")), g)
     if not hasattr(schedule, "gamma"):
@@ -294,6 +298,107 @@ def ode_heun_coeffs(gamma_t, gamma_s, parameterization: str = "eps") -> torch.Te
     return _stack(dtype, a_z, a_m, 1 - 0.5 * r, torch.zeros_like(r), c_x, c_n)
 
 
+def euler_ancestral_coeffs(gamma_t, gamma_s, parameterization: str = "eps", eta=1.0) -> torch.Tensor:
+    """The Euler-ancestral step of k-diffusion (``sample_euler_ancestral``) and diffusers'
+    ``EulerAncestralDiscreteScheduler``, written in z: in x̃ = z/alpha, sigmã = exp(gamma/2),
+    x̃_s = x̃_t + (sigmã_down - sigmã_t)(x̃_t - x̂)/sigmã_t + sigmã_up n with
+    sigmã_up = eta sigmã_s sqrt(1 - sigmã_s²/sigmã_t²) and sigmã_down² = sigmã_s² - sigmã_up².
+
+    That is exactly DDIM(eta) with ε̂ re-derived from x̂, ``ddim_coeffs(..., eta, clipped_eps=True)``:
+    sigmã_up/sigmã_s = eta sqrt(c) and sigmã_down/sigmã_s = sqrt(1 - eta² c) with c = 1 - SNR_t/SNR_s,
+    so the two are one builder (and eta = 1 is the ancestral posterior step). eta in [0, 1]."""
+    return ddim_coeffs(gamma_t, gamma_s, parameterization, eta, clipped_eps=True)
+
+
+SOLVER_TYPES = ("midpoint", "heun")
+
+
+def dpmpp_2m_coeffs(gamma_t, gamma_s, gamma_prev=None, parameterization: str = "eps",
+                    solver_type: str = "midpoint") -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2; k-diffusion ``sample_dpmpp_2m``, diffusers'
+    ``DPMSolverMultistepScheduler`` with ``algorithm_type="dpmsolver++"``), one step t -> s.
+
+    With lambda = -gamma/2 (log alpha/sigma), h = lambda_s - lambda_t, D = x̂ at t and D' = x̂ at
+    the previous level p (h' = lambda_t - lambda_p, r = h'/h)::
+
+        z_s = (sigma_s/sigma_t) z_t - alpha_s (e^{-h} - 1) D + (second-order term in D - D')
+
+    midpoint: - alpha_s (e^{-h} - 1) (D - D') / (2r) (D evaluated at the midpoint in lambda); heun: + alpha_s ((e^{-h} - 1)/h + 1) (D - D')/r.
+    As one ``reverse_step`` the previous x̂ rides in the noise slot: the table's c_n multiplies
+    ``noise=x̂_prev`` (``reverse_step_with_x0`` returns this step's x̂ for the next one), so the
+    multistep update is one pass over z, the model output and x̂_prev.
+
+    ``gamma_prev``: the level of x̂_prev; None, or NaN per entry, is the first-order step (DPM-Solver-1
+    = DDIM eta=0; c_n = 0). A step to the clean level (gamma_s = -inf) is first order too, as in
+    k-diffusion and diffusers' ``final_sigmas_type="zero"`` (where h is infinite).
+    """
+    if solver_type not in SOLVER_TYPES:
+        raise ValueError(f"solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
+    if gamma_prev is None:
+        g_t, g_s, dtype = _levels(gamma_t, gamma_s)
+        g_p = torch.full_like(g_t, float("nan"))
+    else:
+        g_t, g_s, g_p, dtype = _levels(gamma_t, gamma_s, gamma_prev)
+    alpha_t, sigma_t = alpha_sigma(g_t)
+    alpha_s, _ = alpha_sigma(g_s)
+    a_z, a_m = x0_coeffs(parameterization, alpha_t, sigma_t)
+    c_z = sigma_ratio(g_s, g_t)
+    h = 0.5 * (g_t - g_s)
+    em = torch.expm1(-h)  # e^{-h} - 1, in [-1, 0]
+    phi = -alpha_s * em  # the weight of D in the first-order step
+    first = torch.isnan(g_p) | torch.isinf(g_s)
+    inv_r = h / (0.5 * (g_p - g_t))  # 1/r = h / h'
+    if solver_type == "midpoint":
+        w = 0.5 * phi * inv_r  # on D - D'
+    else:
+        w = alpha_s * (em / h + 1) * inv_r
+    w = torch.where(first, torch.zeros_like(w), w)
+    return _stack(dtype, a_z, a_m, c_z, torch.zeros_like(c_z), phi + w, -w)
+
+
+def unipc_corrector_coeffs(gamma_t, gamma_s, gamma_prev=None, parameterization: str = "eps"):
+    """UniC, the corrector of UniPC (Zhao et al. 2023; diffusers' ``UniPCMultistepScheduler``,
+    ``predict_x0=True``, ``solver_type="bh2"``), of order 1 or 2, for the step t -> s that a
+    predictor has just taken. Its predictor is DPM-Solver++(2M)'s midpoint step (UniP-2 with B(h) =
+    e^{-h} - 1 has the same weights): :func:`dpmpp_2m_coeffs`.
+
+    With x the sample at t the predictor started from, D = x̂ at t, D' = x̂ at the previous level p
+    and D_s = x̂ at s (the model evaluated at the predicted sample)::
+
+        x_s = (sigma_s/sigma_t) x - alpha_s (e^{-h} - 1) D
+              - alpha_s (e^{-h} - 1) (rho_0 (D' - D)/r_k + rho_1 (D_s - D))
+
+    r_k = (lambda_p - lambda_t)/h, (rho_0, rho_1) solving UniPC's 2x2 system (order 1: rho_1 = 1/2,
+    no D' term). Returned as two ``reverse_step`` tables (float64-built, cast like the others):
+    ``history`` combines what is already known, n = (sigma_s/sigma_t) x + w_D D + w_D' D', as
+    ``reverse_step(x, D, history, noise=D')``; ``correct`` adds the new output,
+    x_s = x̂(z_s, m_s) w_s + n, as ``reverse_step_with_x0(z_s, m_s, correct, noise=n)`` (which also
+    returns D_s for the next step). ``gamma_prev`` None or NaN: order 1."""
+    if gamma_prev is None:
+        g_t, g_s, dtype = _levels(gamma_t, gamma_s)
+        g_p = torch.full_like(g_t, float("nan"))
+    else:
+        g_t, g_s, g_p, dtype = _levels(gamma_t, gamma_s, gamma_prev)
+    alpha_s, sigma_s = alpha_sigma(g_s)
+    a_z, a_m = x0_coeffs(parameterization, alpha_s, sigma_s)  # D_s is formed at s
+    hh = 0.5 * (g_s - g_t)  # -h
+    b_h = torch.expm1(hh)  # B(h) of bh2, = h phi_1(h)
+    phi_2 = b_h / hh - 1
+    phi_3 = phi_2 / hh - 0.5
+    b1, b2 = phi_2 / b_h, 2 * phi_3 / b_h
+    r_k = (g_t - g_p) / (g_t - g_s)  # (lambda_p - lambda_t) / h, negative
+    first = torch.isnan(g_p)
+    rho_0 = torch.where(first, torch.zeros_like(b1), (b1 - b2) / (1 - r_k))
+    rho_1 = torch.where(first, torch.full_like(b1, 0.5), (b2 - r_k * b1) / (1 - r_k))
+    w_prev = torch.where(first, torch.zeros_like(b1), -alpha_s * b_h * rho_0 / r_k)
+    w_s = -alpha_s * b_h * rho_1
+    w_d = -alpha_s * b_h - w_prev - w_s
+    zero = torch.zeros_like(b_h)
+    history = _stack(dtype, zero, zero, sigma_ratio(g_s, g_t), w_d, zero, w_prev)
+    correct = _stack(dtype, a_z, a_m, zero, zero, w_s, torch.ones_like(b_h))
+    return history, correct
+
+
 def denoise_coeffs(gamma, parameterization: str = "eps") -> torch.Tensor:
     """The step that returns x̂ itself, (a_z, a_m, 0, 0, 1, 0) at level gamma: Tweedie's denoising
     step (NCSNv2's last step, diffusers' ``pred_original_sample``)."""
@@ -307,6 +412,7 @@ def denoise_coeffs(gamma, parameterization: str = "eps") -> torch.Tensor:
 __all__ = [
     "VARIANCES", "BUILD_DTYPE", "uniform_times", "discrete_times", "gammas", "ancestral_coeffs", "ddim_coeffs",
     "langevin_coeffs", "annealed_langevin_step_sizes", "reverse_diffusion_coeffs", "langevin_corrector_coeffs",
-    "ode_euler_coeffs", "ode_heun_coeffs", "denoise_coeffs",
+    "ode_euler_coeffs", "ode_heun_coeffs", "euler_ancestral_coeffs", "SOLVER_TYPES", "dpmpp_2m_coeffs",
+    "unipc_corrector_coeffs", "denoise_coeffs",
 ]
 __dir__ = public_dir(__all__)

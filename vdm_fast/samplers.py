@@ -45,10 +45,11 @@ from ._checks import compute_dtype
 # The builders and the conversions are re-exported under their old names (samplers.ddim_coeffs,
 # samplers.x0_coeffs, ...: the README and user code call them through this module).
 from .coefficients import (BUILD_DTYPE, ancestral_coeffs, annealed_langevin_step_sizes, ddim_coeffs, denoise_coeffs,
-                           discrete_times, gammas, langevin_coeffs, langevin_corrector_coeffs, ode_euler_coeffs,
-                           ode_heun_coeffs, reverse_diffusion_coeffs, uniform_times)
+                           discrete_times, dpmpp_2m_coeffs, euler_ancestral_coeffs, gammas, langevin_coeffs,
+                           langevin_corrector_coeffs, ode_euler_coeffs, ode_heun_coeffs, reverse_diffusion_coeffs,
+                           uniform_times, unipc_corrector_coeffs)
 from .ops.randn_like import randn_like
-from .ops.reverse_step import reverse_step
+from .ops.reverse_step import reverse_step, reverse_step_with_x0
 from .parameterization import PARAMETERIZATIONS, alpha_sigma, check, eps_coeffs, score_coeffs, x0_coeffs
 from ._namespace import public_dir
 
@@ -221,15 +222,121 @@ def sample_ddim(model, z: torch.Tensor, schedule, times, *, eta=0.0, parameteriz
     """DDIM(eta) sampling over ``times`` (see :func:`ddim_coeffs`; arguments as :func:`sample_ancestral`).
     With a float ``eta == 0`` the run is deterministic and draws no noise. eta must lie in [0, 1]
     (beyond 1 the step's variance would exceed the level's: the table holds NaN, as diffusers')."""
-    if isinstance(eta, torch.Tensor):  # checked on the device: no host sync in the loop's setup
-        torch._assert_async(((eta >= 0) & (eta <= 1)).all(), "sample_ddim: eta must lie in [0, 1]")
-    elif not 0 <= eta <= 1:
-        raise ValueError(f"sample_ddim: eta must lie in [0, 1], got {eta!r}")
-    stochastic = not (isinstance(eta, (int, float)) and eta == 0)
+    stochastic = _check_eta("sample_ddim", eta)
     return _run_two_level(lambda gt, gs: ddim_coeffs(gt, gs, parameterization, eta, clipped_eps), model, z, schedule,
                           times, parameterization=parameterization, guidance_scale=guidance_scale,
                           classifier=classifier, classifier_scale=classifier_scale, clip=clip, generator=generator,
                           stochastic=stochastic, progress=progress, callback=callback, backend=backend, desc="ddim")
+
+
+def _check_eta(op: str, eta) -> bool:
+    """eta in [0, 1] (on the device for a tensor: no host sync); whether the run is stochastic."""
+    if isinstance(eta, torch.Tensor):
+        torch._assert_async(((eta >= 0) & (eta <= 1)).all(), f"{op}: eta must lie in [0, 1]")
+    elif not 0 <= eta <= 1:
+        raise ValueError(f"{op}: eta must lie in [0, 1], got {eta!r}")
+    return not (isinstance(eta, (int, float)) and eta == 0)
+
+
+def sample_euler_ancestral(model, z: torch.Tensor, schedule, times, *, eta=1.0, parameterization: str = "eps",
+                           guidance_scale=None, classifier=None, classifier_scale=None, clip: float | None = None,
+                           generator: torch.Generator | None = None, progress: bool = False,
+                           callback: Callable | None = None, backend: str | None = None) -> torch.Tensor:
+    """Euler-ancestral sampling (k-diffusion's ``sample_euler_ancestral``, diffusers'
+    ``EulerAncestralDiscreteScheduler``; :func:`euler_ancestral_coeffs`) over ``times``, e.g. a
+    Karras grid (``vdm_fast.karras.karras_times``). It is DDIM(eta) with ε̂ re-derived from x̂, so
+    this is :func:`sample_ddim` with ``clipped_eps=True``. Arguments as :func:`sample_ancestral`."""
+    stochastic = _check_eta("sample_euler_ancestral", eta)
+    return _run_two_level(lambda gt, gs: euler_ancestral_coeffs(gt, gs, parameterization, eta), model, z, schedule,
+                          times, parameterization=parameterization, guidance_scale=guidance_scale,
+                          classifier=classifier, classifier_scale=classifier_scale, clip=clip, generator=generator,
+                          stochastic=stochastic, progress=progress, callback=callback, backend=backend,
+                          desc="euler ancestral")
+
+
+def _second_order(i: int, steps: int) -> bool:
+    """Whether multistep step i uses the previous x̂: not on the first step (there is none) nor the last
+    (lower order at the end, as diffusers' ``lower_order_final`` and k-diffusion's step to sigma 0)."""
+    return 1 <= i <= steps - 2
+
+
+def _previous_levels(gamma: torch.Tensor) -> torch.Tensor:
+    """(K, B): the level of the previous x̂ for each step of a (K+1, B) grid, NaN where the step is first order."""
+    steps = gamma.shape[0] - 1
+    prev = torch.full_like(gamma[:-1], float("nan"))
+    if steps >= 3:
+        prev[1:steps - 1] = gamma[:steps - 2]
+    return prev
+
+
+def sample_dpmpp_2m(model, z: torch.Tensor, schedule, times, *, solver_type: str = "midpoint",
+                    parameterization: str = "eps", guidance_scale=None, classifier=None, classifier_scale=None,
+                    clip: float | None = None, progress: bool = False, callback: Callable | None = None,
+                    backend: str | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (:func:`dpmpp_2m_coeffs`; ``solver_type`` "midpoint" or "heun") over
+    ``times``: one model call and one fused pass per step, the previous x̂ entering through the
+    noise slot of ``reverse_step_with_x0`` (which returns this step's x̂). First order on the first
+    step and the last (diffusers' ``lower_order_final``; on a grid ending at the clean level that
+    is also k-diffusion's ``sample_dpmpp_2m``). ``clip`` clamps x̂ (the multistep history holds the
+    clamped x̂, as diffusers' thresholding). Deterministic. Other arguments as :func:`sample_ancestral`."""
+    grid = _Grid(schedule, times, z)
+    ev = _Evaluator(model, parameterization, guidance_scale, classifier, classifier_scale, z)
+    with torch.no_grad():
+        g = grid.gamma
+        table = grid.cast(dpmpp_2m_coeffs(g[:-1], g[1:], _previous_levels(g), parameterization, solver_type))
+        x_hat_prev = None
+        for i in _range(grid.steps, progress, "dpm-solver++(2m)"):
+            alpha, sigma = grid.alpha_sigma(i)
+            m, kw = ev(z, grid.times[i], alpha, sigma)
+            history = x_hat_prev if _second_order(i, grid.steps) else None
+            z, x_hat_prev = reverse_step_with_x0(z, m, table[i], clip=clip, noise=history,
+                                                 stochastic=history is not None, backend=backend, **kw)
+            if callback is not None:
+                callback(i, grid.times[i + 1], z)
+    return z
+
+
+def sample_unipc(model, z: torch.Tensor, schedule, times, *, parameterization: str = "eps", corrector: bool = True,
+                 guidance_scale=None, classifier=None, classifier_scale=None, clip: float | None = None,
+                 progress: bool = False, callback: Callable | None = None, backend: str | None = None) -> torch.Tensor:
+    """UniPC-2 (Zhao et al. 2023; diffusers' ``UniPCMultistepScheduler`` with its defaults
+    ``solver_order=2``, ``predict_x0``, ``solver_type="bh2"``, ``lower_order_final``): the UniP
+    predictor (DPM-Solver++(2M)'s midpoint weights) and, from the second step on, the UniC corrector
+    of the previous prediction with the model output just computed (:func:`unipc_corrector_coeffs`;
+    no extra model call). One model call per step; three fused passes with the corrector (combine
+    the known terms, correct and form x̂, predict), one without (``corrector=False``: UniP alone,
+    i.e. :func:`sample_dpmpp_2m`). The last prediction is not corrected, as in diffusers.
+    Deterministic. Other arguments as :func:`sample_ancestral`."""
+    grid = _Grid(schedule, times, z)
+    ev = _Evaluator(model, parameterization, guidance_scale, classifier, classifier_scale, z)
+    with torch.no_grad():
+        g = grid.gamma
+        prev = _previous_levels(g)
+        predict = grid.cast(dpmpp_2m_coeffs(g[:-1], g[1:], prev, parameterization, "midpoint"))
+        # The predictor applied to x̂ itself (model output = x̂: a_z = 0, a_m = 1), after a correction.
+        predict_x0 = grid.cast(dpmpp_2m_coeffs(g[:-1], g[1:], prev, "x0", "midpoint"))
+        history, correct = (grid.cast(c) for c in unipc_corrector_coeffs(g[:-2], g[1:-1], prev[:-1], parameterization))
+        x_last = x_hat = x_hat_prev = None  # the sample the last prediction started from, x̂ there, x̂ before
+        for i in _range(grid.steps, progress, "unipc"):
+            alpha, sigma = grid.alpha_sigma(i)
+            m, kw = ev(z, grid.times[i], alpha, sigma)
+            second = _second_order(i, grid.steps)
+            if corrector and i > 0:
+                order2 = _second_order(i - 1, grid.steps)  # the corrector has the order of the prediction
+                known = reverse_step(x_last, x_hat, history[i - 1], noise=x_hat_prev if order2 else None,
+                                     stochastic=order2, backend=backend)
+                z, x_new = reverse_step_with_x0(z, m, correct[i - 1], clip=clip, noise=known, backend=backend, **kw)
+                x_last = z
+                z_next = reverse_step(z, x_new, predict_x0[i], noise=x_hat if second else None, stochastic=second,
+                                      backend=backend)
+            else:
+                x_last = z
+                z_next, x_new = reverse_step_with_x0(z, m, predict[i], clip=clip, noise=x_hat if second else None,
+                                                     stochastic=second, backend=backend, **kw)
+            z, x_hat_prev, x_hat = z_next, x_hat, x_new
+            if callback is not None:
+                callback(i, grid.times[i + 1], z)
+    return z
 
 
 def sample_langevin(model, z: torch.Tensor, schedule, t, n_steps: int, step_size, *, parameterization: str = "score",
@@ -381,7 +488,8 @@ def sample_ode(model, z: torch.Tensor, schedule, times, *, method: str = "heun",
 __all__ = [
     "PARAMETERIZATIONS", "uniform_times", "discrete_times", "gammas", "x0_coeffs", "eps_coeffs", "score_coeffs",
     "ancestral_coeffs", "ddim_coeffs", "langevin_coeffs", "annealed_langevin_step_sizes", "reverse_diffusion_coeffs",
-    "langevin_corrector_coeffs", "ode_euler_coeffs", "ode_heun_coeffs", "sample_ancestral", "sample_ddim",
-    "sample_langevin", "sample_annealed_langevin", "sample_pc", "sample_ode",
+    "langevin_corrector_coeffs", "ode_euler_coeffs", "ode_heun_coeffs", "euler_ancestral_coeffs", "dpmpp_2m_coeffs",
+    "unipc_corrector_coeffs", "sample_ancestral", "sample_ddim", "sample_euler_ancestral", "sample_dpmpp_2m",
+    "sample_unipc", "sample_langevin", "sample_annealed_langevin", "sample_pc", "sample_ode",
 ]
 __dir__ = public_dir(__all__)

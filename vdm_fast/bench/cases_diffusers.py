@@ -5,6 +5,12 @@ call on the same tensors: ``DDPMScheduler.step`` (clip_sample on, t > 0: noise d
 ``DDIMScheduler.step`` (eta = 0, clip_sample on) and ``add_noise`` (per-sample timesteps). Both
 sides draw their noise the same way (``randn_tensor``), so the difference is the arithmetic.
 Our providers are one per built backend of the fused op (``vdm_fast_backend``).
+
+The sigma-grid schedulers (``EulerDiscreteScheduler``, ``EulerAncestralDiscreteScheduler``,
+``DPMSolverMultistepScheduler``) keep a step index (and DPM-Solver a history of x̂): every timed
+call first puts both schedulers back at the same mid-chain step (index 10 of 25, DPM-Solver's
+second-order update with its previous x̂ in place), a few attribute writes. Euler-ancestral is also
+timed with ``vdm_fast_noise="philox"`` (``+philox``: the noise drawn inside the fused pass).
 """
 
 from __future__ import annotations
@@ -81,6 +87,56 @@ def _add_noise_case(shape, device: str) -> Case | None:
                 ours=tuple(ours), baselines=("diffusers",))
 
 
+def _at_step(sched, index: int, history: torch.Tensor | None):
+    """Put a sigma-grid scheduler at step ``index`` (DPM-Solver: second order, x̂_prev = history)."""
+    sched._step_index = index
+    if history is not None:
+        sched.lower_order_nums = sched.config.solver_order
+        sched.model_outputs[-1] = history
+
+
+def _sigma_step_case(kind: str, shape, device: str) -> Case | None:
+    try:
+        import diffusers
+
+        from ..integrations import diffusers as ours_mod
+    except ImportError:
+        return None
+    sample = torch.randn(shape, device=device)
+    model_output = torch.randn(shape, device=device)
+    history = torch.randn(shape, device=device) if kind == "DPMSolverMultistepScheduler" else None
+    index = 10
+
+    def make(cls, **attrs):
+        sched = cls(num_train_timesteps=1000)
+        sched.set_timesteps(25)
+        sched.is_scale_input_called = True  # the Euler schedulers warn otherwise
+        for k, v in attrs.items():
+            setattr(sched, k, v)
+        t = sched.timesteps[index]
+
+        def call():
+            _at_step(sched, index, history)
+            return sched.step(model_output, t, sample)
+        return call
+
+    providers, ours = {}, []
+    variants = [("", {})] + ([("+philox", {"vdm_fast_noise": "philox"})]
+                             if kind == "EulerAncestralDiscreteScheduler" else [])
+    for backend in _ours(device, "reverse_step"):
+        for suffix, attrs in variants:
+            name = f"vdm_fast[{backend}]{suffix}"
+            providers[name] = make(getattr(ours_mod, kind), vdm_fast_backend=backend, **attrs)
+            ours.append(name)
+    providers["diffusers"] = make(getattr(diffusers, kind))
+    # read sample, model_output (DPM-Solver: and x̂_prev; Euler-ancestral: and the noise), write
+    # prev_sample and x̂ (diffusers' Euler schedulers return x̂; DPM-Solver keeps it as history)
+    reads = 2 + (history is not None or kind == "EulerAncestralDiscreteScheduler")
+    nbytes = (reads + 2) * sample.numel() * sample.element_size()
+    return Case(f"{kind}.step", f"{tuple(shape)} fp32", nbytes, providers, device=device, ours=tuple(ours),
+                baselines=("diffusers",))
+
+
 # The ops whose benchmarks this module writes by hand (vdm-fast bench derives the others').
 OPS = ()
 
@@ -93,5 +149,8 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
             _step_case("DDPMScheduler", shape, device, {}),
             _step_case("DDIMScheduler", shape, device, dict(eta=0.0)),
             _add_noise_case(shape, device),
+            _sigma_step_case("EulerDiscreteScheduler", shape, device),
+            _sigma_step_case("EulerAncestralDiscreteScheduler", shape, device),
+            _sigma_step_case("DPMSolverMultistepScheduler", shape, device),
         ]
     return [c for c in out if c is not None]

@@ -69,43 +69,14 @@ from ..ops.randn_like import randn_like
 from ..ops.reverse_step import reverse_step, reverse_step_with_x0
 from ..schedules import DiscreteSchedule
 from . import _diffusers_coeffs as coeffs
+from ._diffusers_dropin import NOISE_SOURCES, DropIn, threshold_scale
+from ._diffusers_solvers import (DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+                                 dpm_solver_unsupported)
 from .._namespace import public_dir
 
 
-NOISE_SOURCES = ("diffusers", "philox")
-
-
-class _FusedForwardProcess:
+class _FusedForwardProcess(DropIn):
     """add_noise / get_velocity on the fused q_sample op, shared by both schedulers."""
-
-    # The vdm_fast backend of every fused call (None: the default choice, see vdm_fast.backends).
-    # A plain attribute, not config: it is not saved by save_pretrained.
-    vdm_fast_backend: str | None = None
-
-    def __new__(cls, *args, **kwargs):
-        self = super().__new__(cls)
-        # A pipeline records each component as (library, class) from the component's __module__
-        # and class name (diffusers' _fetch_class_library_tuple), and stock diffusers can load only
-        # its own libraries. This instance reports the stock scheduler's module, so model_index.json
-        # says ("diffusers", "DDPMScheduler"): the saved config is a valid stock config, stock
-        # diffusers loads it, and accelerate() swaps ours back in. The class keeps its real
-        # __module__ (pickle, repr and imports are unaffected).
-        self.__dict__["__module__"] = cls._vdm_stock.__module__
-        return self
-
-    @property
-    def vdm_fast_noise(self) -> str:
-        """Where ``step`` draws its noise: ``"diffusers"`` (default; diffusers' ``randn_tensor``
-        with the step's generator, so seeded runs give diffusers' samples bit for bit) or
-        ``"philox"`` (vdm_fast's counter-based Philox inside the fused step: no separate noise
-        tensor, a different stream). A plain attribute, not config: not saved by save_pretrained."""
-        return self.__dict__.get("_vdm_fast_noise", "diffusers")
-
-    @vdm_fast_noise.setter
-    def vdm_fast_noise(self, value: str) -> None:
-        if value not in NOISE_SOURCES:
-            raise ValueError(f"vdm_fast_noise must be one of {', '.join(map(repr, NOISE_SOURCES))}, got {value!r}")
-        self.__dict__["_vdm_fast_noise"] = value
 
     def _vdm_schedule(self) -> DiscreteSchedule:
         # Built lazily from the betas diffusers computed (any beta_schedule, trained_betas and
@@ -286,21 +257,14 @@ class _FusedReverseStep:
         return row if row.dim() == 0 else row.view(-1, *([1] * (like.dim() - 1)))
 
     def _vdm_threshold(self, cols: torch.Tensor, sample: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
-        """Fold dynamic thresholding (Imagen) into the coefficients: a_z, a_m divided by s per sample.
-
-        s = clamp(quantile(|x̂|, ratio), 1, sample_max_value) needs x̂ itself, computed here once
-        in the compute dtype (float32 for half data, where diffusers upcasts for the quantile too).
-        """
+        """Fold dynamic thresholding (Imagen) into the coefficients: a_z, a_m divided by s per sample
+        (``_diffusers_dropin.threshold_scale``)."""
         batch = sample.shape[0]
-        cdt = _checks.compute_dtype(sample.dtype)
         cols = cols if cols.dim() == 2 else cols[:, None].expand(coeffs.ROWS, batch)
         if sample.numel() == 0:
             return cols
-        a_z = self._vdm_per_sample(cols[0], sample, cdt)
-        a_m = self._vdm_per_sample(cols[1], sample, cdt)
-        x0 = (a_z * sample.to(cdt) + a_m * model_output.to(cdt)).reshape(batch, -1)
-        s = torch.quantile(x0.abs(), self.config.dynamic_thresholding_ratio, dim=1)
-        s = torch.clamp(s, min=1, max=self.config.sample_max_value).to(torch.float64)
+        s = threshold_scale(cols[0], cols[1], sample, model_output, self.config.dynamic_thresholding_ratio,
+                            self.config.sample_max_value)
         cols = cols.clone()
         cols[[0, 1, 6, 7]] /= s  # rows a_z, a_m of the step and of pred_original_sample
         return cols
@@ -323,16 +287,6 @@ class _FusedReverseStep:
         # Under torch.compile the values cannot be read (graph break): noise is drawn for the batch,
         # and the table's noise row, 0 where t = 0, keeps the step diffusers' step.
         return True if torch.compiler.is_compiling() else bool((t > 0).any())
-
-    def _vdm_philox(self, op: str, generator) -> bool:
-        """Whether the step's noise is Philox, drawn in the kernel from ``generator``."""
-        if self.vdm_fast_noise != "philox":
-            return False
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"{op}: generator must be one torch.Generator (or None) with vdm_fast_noise='philox', "
-                            f"got {type(generator).__name__}")
-        return True
-
 
 class DDPMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDPMScheduler):
     """diffusers.DDPMScheduler with fused add_noise / get_velocity / step."""
@@ -489,12 +443,21 @@ class DDIMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDIMSche
                                      DDIMSchedulerOutput)
 
 
+_DROP_INS = (DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+             DPMSolverMultistepScheduler)
+
+
 def _counterpart(scheduler):
-    """Our class for a stock diffusers scheduler (exact type: a user's subclass may change what
-    step does), ours itself for one of ours, None otherwise."""
-    if isinstance(scheduler, (DDPMScheduler, DDIMScheduler)):
-        return type(scheduler)
-    return {DDPMScheduler._vdm_stock: DDPMScheduler, DDIMScheduler._vdm_stock: DDIMScheduler}.get(type(scheduler))
+    """(our class, None) for a stock diffusers scheduler we replace (exact type: a user's subclass may
+    change what step does), (ours itself, None) for one of ours, (None, why) otherwise."""
+    if isinstance(scheduler, _DROP_INS):
+        return type(scheduler), None
+    cls = {c._vdm_stock: c for c in _DROP_INS}.get(type(scheduler))
+    if cls is DPMSolverMultistepScheduler:
+        why = dpm_solver_unsupported(scheduler.config)
+        if why is not None:
+            return None, f"no fused step for {why}"
+    return cls, None
 
 
 def accelerate(pipe, *, noise: str = "diffusers", backend: str | None = None):
@@ -533,9 +496,10 @@ def accelerate(pipe, *, noise: str = "diffusers", backend: str | None = None):
         for name, component in p.components.items():
             if not isinstance(component, _diffusers.SchedulerMixin):
                 continue
-            cls = _counterpart(component)
+            cls, why = _counterpart(component)
             if cls is None:
-                others.append(f"{type(p).__name__}.{name} ({type(component).__module__}.{type(component).__name__})")
+                others.append(f"{type(p).__name__}.{name} ({type(component).__module__}.{type(component).__name__}"
+                              f"{': ' + why if why else ''})")
                 continue
             ours = swapped.get(id(component))
             if ours is None:
@@ -546,10 +510,11 @@ def accelerate(pipe, *, noise: str = "diffusers", backend: str | None = None):
                 setattr(p, name, ours)  # the pipeline's __setattr__ records it in its config
     if not swapped:
         found = "; ".join(others) if others else "it has no scheduler component"
-        raise ValueError(f"accelerate: pipe has no scheduler with a vdm_fast counterpart (DDPMScheduler, "
-                         f"DDIMScheduler): {found}")
+        names = ", ".join(c.__name__ for c in _DROP_INS)
+        raise ValueError(f"accelerate: pipe has no scheduler with a vdm_fast counterpart ({names}): {found}")
     return pipe
 
 
-__all__ = ["DDPMScheduler", "DDIMScheduler", "accelerate"]
+__all__ = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+           "DPMSolverMultistepScheduler", "accelerate"]
 __dir__ = public_dir(__all__)
