@@ -328,10 +328,16 @@ def test_gmm_multistep_discrete(target, sampler, param):
     _run(target, sampler, DISCRETE, samplers.discrete_times(1000, 15, spacing="trailing"), param)
 
 
-@pytest.mark.parametrize("sampler", [samplers.sample_dpmpp_2m, samplers.sample_unipc, samplers.sample_ode],
-                         ids=["dpmpp_2m", "unipc", "heun"])
-def test_gmm_karras_grid_continuous(target, sampler):
-    times = karras.karras_times(CONT, 15, sigma_min=0.004, sigma_max=20.0)
+def _euler(*args, **kw):
+    return samplers.sample_ode(*args, method="euler", **kw)
+
+
+@pytest.mark.parametrize("sampler, steps", [(samplers.sample_dpmpp_2m, 15), (samplers.sample_unipc, 15),
+                                            (samplers.sample_ode, 15), (_euler, 60)],
+                         ids=["dpmpp_2m", "unipc", "heun", "euler"])
+def test_gmm_karras_grid_continuous(target, sampler, steps):
+    # second-order methods need 15 steps here, first-order Euler (like ancestral sampling) more
+    times = karras.karras_times(CONT, steps, sigma_min=0.004, sigma_max=20.0)
     with torch.no_grad():
         alpha_last = alpha_sigma(gammas(CONT, times[-1:]))[0].float()
     _run(target, sampler, CONT, times, "eps", from_z0=alpha_last)
@@ -396,16 +402,18 @@ def test_per_sample_grids_equal_separate_runs():
     z = torch.randn(4, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     a, b = samplers.discrete_times(1000, 8), samplers.discrete_times(1000, 8, spacing="trailing")
     both = torch.stack([a, a, b, b], dim=1)
+    model = gmm.model(DISCRETE)
     for sampler in (samplers.sample_dpmpp_2m, samplers.sample_unipc):
-        got = sampler(gmm.model(DISCRETE), z, DISCRETE, both)
-        want = torch.cat([sampler(gmm.model(DISCRETE), z[:2], DISCRETE, a), sampler(gmm.model(DISCRETE), z[2:], DISCRETE, b)])
+        got = sampler(model, z, DISCRETE, both)
+        want = torch.cat([sampler(model, z[:2], DISCRETE, a), sampler(model, z[2:], DISCRETE, b)])
         torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
 
 
 def test_empty_batch_and_one_step_and_bad_arguments():
     gmm = default_gmm()
     for sampler in (samplers.sample_dpmpp_2m, samplers.sample_unipc, samplers.sample_euler_ancestral):
-        assert sampler(gmm.model(DISCRETE), torch.zeros(0, 2), DISCRETE, samplers.discrete_times(1000, 4)).shape == (0, 2)
+        empty = sampler(gmm.model(DISCRETE), torch.zeros(0, 2), DISCRETE, samplers.discrete_times(1000, 4))
+        assert empty.shape == (0, 2)
         z = torch.randn(3, 2)
         one = sampler(gmm.model(DISCRETE), z, DISCRETE, samplers.discrete_times(1000, 1))  # one step: x̂
         assert torch.isfinite(one).all()

@@ -939,6 +939,9 @@ RUNS = {
     "pc_batch": lambda m, z, s, t: samplers.sample_pc(m, z, s, t, norm="batch", backend=BACKEND),
     "ode_euler": lambda m, z, s, t: samplers.sample_ode(m, z, s, t, method="euler", backend=BACKEND),
     "ode_heun": lambda m, z, s, t: samplers.sample_ode(m, z, s, t, method="heun", backend=BACKEND),
+    "euler_ancestral": lambda m, z, s, t: samplers.sample_euler_ancestral(m, z, s, t, backend=BACKEND),
+    "dpmpp_2m": lambda m, z, s, t: samplers.sample_dpmpp_2m(m, z, s, t, clip=1.0, backend=BACKEND),
+    "unipc": lambda m, z, s, t: samplers.sample_unipc(m, z, s, t, backend=BACKEND),
 }
 
 
@@ -984,6 +987,9 @@ def test_no_cuda_sync_inside_loop(name):
         "pc_batch": lambda: samplers.sample_pc(model, z, sch, times, norm="batch", callback=arm),
         "ode_euler": lambda: samplers.sample_ode(model, z, sch, times, method="euler", callback=arm),
         "ode_heun": lambda: samplers.sample_ode(model, z, sch, times, method="heun", callback=arm),
+        "euler_ancestral": lambda: samplers.sample_euler_ancestral(model, z, sch, times, callback=arm),
+        "dpmpp_2m": lambda: samplers.sample_dpmpp_2m(model, z, sch, times, clip=1.0, callback=arm),
+        "unipc": lambda: samplers.sample_unipc(model, z, sch, times, callback=arm),
     }
     try:
         out = runs[name]()

@@ -85,7 +85,8 @@ def gammas(schedule, times: torch.Tensor, dtype: torch.dtype = BUILD_DTYPE) -> t
 
     Integer ``times`` on a ``DiscreteSchedule`` index its (float64) table; negative timesteps give
     -inf (the clean level); float times there are fractional timesteps (``karras.karras_times``),
-    linear in gamma between entries (``karras.interpolated_gamma``). vdm_fast's schedules, learned ones included, evaluate in ``dtype``;
+    linear in gamma between entries (``karras.interpolated_gamma``). vdm_fast's schedules, learned
+    ones included, evaluate in ``dtype``;
     any other object with ``gamma(t)`` is called with float times cast to its own dtype (an
     nn.Module's parameters', else ``dtype``; integer times as they are) and its result is cast to
     ``dtype``. Learned schedules are evaluated without
@@ -323,7 +324,7 @@ def dpmpp_2m_coeffs(gamma_t, gamma_s, gamma_prev=None, parameterization: str = "
 
         z_s = (sigma_s/sigma_t) z_t - alpha_s (e^{-h} - 1) D + (second-order term in D - D')
 
-    midpoint: - alpha_s (e^{-h} - 1) (D - D') / (2r) (D evaluated at the midpoint in lambda); heun: + alpha_s ((e^{-h} - 1)/h + 1) (D - D')/r.
+    midpoint: - alpha_s (e^{-h} - 1) (D - D') / (2r); heun: + alpha_s ((e^{-h} - 1)/h + 1) (D - D')/r.
     As one ``reverse_step`` the previous x̂ rides in the noise slot: the table's c_n multiplies
     ``noise=x̂_prev`` (``reverse_step_with_x0`` returns this step's x̂ for the next one), so the
     multistep update is one pass over z, the model output and x̂_prev.

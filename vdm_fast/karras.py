@@ -56,7 +56,8 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"sigma_min and sigma_max must satisfy 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        raise ValueError(f"sigma_min and sigma_max must satisfy 0 < sigma_min < sigma_max, got {sigma_min}, "
+                         f"{sigma_max}")
     if not rho > 0:
         raise ValueError(f"rho must be > 0, got {rho}")
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
