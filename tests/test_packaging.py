@@ -93,7 +93,8 @@ def test_nothing_points_outside_the_repository():
 
 
 PUBLIC_MODULES = ["vdm_fast", "vdm_fast.ops", "vdm_fast.reference", "vdm_fast.schedules", "vdm_fast.backends",
-                  "vdm_fast.elbo", "vdm_fast.bpd", "vdm_fast.samplers", "vdm_fast.guidance"]
+                  "vdm_fast.elbo", "vdm_fast.bpd", "vdm_fast.samplers", "vdm_fast.guidance", "vdm_fast.karras",
+                  "vdm_fast.coefficients"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
@@ -108,7 +109,9 @@ def test_public_namespace_is_its_all(name):
 
 def test_diffusers_namespace_is_its_all():
     module = pytest.importorskip("vdm_fast.integrations.diffusers")
-    assert dir(module) == sorted(module.__all__) == ["DDIMScheduler", "DDPMScheduler", "accelerate"]
+    assert dir(module) == sorted(module.__all__) == ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
+                                                     "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
+                                                     "accelerate"]
 
 
 def test_wheel_carries_every_module(tmp_path):
