@@ -105,7 +105,7 @@ def _dgauss_kernel(x_ptr, m_ptr, l_ptr, partial_ptr, D, TANH: tl.constexpr, FP64
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1).to(tl.int64)
     cdt = tl.float64 if FP64 else tl.float32
-    total = tl.zeros([BLOCK], dtype=cdt)
+    total = tl.zeros([BLOCK], dtype=tl.float64)  # terms summed in float64 (see recon_nll.py)
     # Only the part of the chunk inside the sample: the last chunk is often short.
     for k0 in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):
         offs, mask = sample_block(b, c, k0, D, CHUNK, BLOCK)
@@ -113,8 +113,8 @@ def _dgauss_kernel(x_ptr, m_ptr, l_ptr, partial_ptr, D, TANH: tl.constexpr, FP64
         m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(cdt)
         ls = tl.load(l_ptr + offs, mask=mask, other=0.0).to(cdt)
         lp, _, _ = _element(x, m, ls, TANH, False, CF_START, CF_TERMS)
-        total += tl.where(mask, lp, 0.0)
-    tl.store(partial_ptr + b * tl.num_programs(1) + c, -tl.sum(total, axis=0).to(tl.float64))
+        total += tl.where(mask, lp, 0.0).to(tl.float64)
+    tl.store(partial_ptr + b * tl.num_programs(1) + c, -tl.sum(total, axis=0))
 
 
 @triton.jit

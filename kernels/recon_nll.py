@@ -95,14 +95,16 @@ def _recon_nll_kernel(x_ptr, z_ptr, a_ptr, s_ptr, partial_ptr, D, TAIL: tl.const
     a = tl.load(a_ptr + b)
     s = tl.load(s_ptr + b)
     L = _window_bins(a, s, TAIL)
-    total = tl.zeros([BLOCK], dtype=a.dtype)
+    # Terms in a's dtype, summed in float64: a float32 sum absorbs the terms below half an ulp of a
+    # large partial, a bias (tests/test_accurate_sums.py); the exps per element dominate the cost.
+    total = tl.zeros([BLOCK], dtype=tl.float64)
     # Only the part of the chunk inside the sample: the last chunk is often short.
     for k0 in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):
         offs, mask = sample_block(b, c, k0, D, CHUNK, BLOCK)
         k, z = _bins_and_latents(x_ptr, z_ptr, offs, mask, a)
         nll, _, _, _, _ = _element(z, a, s, k, L, False)
-        total += tl.where(mask, nll, 0.0)
-    tl.store(partial_ptr + b * tl.num_programs(1) + c, tl.sum(total, axis=0).to(tl.float64))
+        total += tl.where(mask, nll, 0.0).to(tl.float64)
+    tl.store(partial_ptr + b * tl.num_programs(1) + c, tl.sum(total, axis=0))
 
 
 @triton.jit
@@ -115,8 +117,8 @@ def _recon_nll_backward_kernel(gz_ptr, g_ptr, x_ptr, z_ptr, a_ptr, s_ptr, partia
     g = tl.load(g_ptr + b)
     L = _window_bins(a, s, TAIL)
     r = a / s
-    sa = tl.zeros([BLOCK], dtype=a.dtype)
-    ss = tl.zeros([BLOCK], dtype=a.dtype)
+    sa = tl.zeros([BLOCK], dtype=tl.float64)  # summed in float64, as the forward
+    ss = tl.zeros([BLOCK], dtype=tl.float64)
     # Only the part of the chunk inside the sample: the last chunk is often short.
     for k0 in range(0, tl.minimum(D - c * CHUNK, CHUNK), BLOCK):
         offs, mask = sample_block(b, c, k0, D, CHUNK, BLOCK)
@@ -124,11 +126,11 @@ def _recon_nll_backward_kernel(gz_ptr, g_ptr, x_ptr, z_ptr, a_ptr, s_ptr, partia
         _, ed, ed2, qs, cs = _element(z, a, s, k, L, True)
         if WANT_GZ:
             tl.store(gz_ptr + offs, (g * (r * ed / s)).to(gz_ptr.dtype.element_ty), mask=mask)
-        sa += tl.where(mask, (qs * ed - r * cs * ed - r * ed2) / s, 0.0)
-        ss += tl.where(mask, (r * r * ed2 - 2.0 * r * qs * ed) / s, 0.0)
+        sa += tl.where(mask, (qs * ed - r * cs * ed - r * ed2) / s, 0.0).to(tl.float64)
+        ss += tl.where(mask, (r * r * ed2 - 2.0 * r * qs * ed) / s, 0.0).to(tl.float64)
     slot = (b * tl.num_programs(1) + c) * 2
-    tl.store(partial_ptr + slot, tl.sum(sa, axis=0).to(tl.float64))
-    tl.store(partial_ptr + slot + 1, tl.sum(ss, axis=0).to(tl.float64))
+    tl.store(partial_ptr + slot, tl.sum(sa, axis=0))
+    tl.store(partial_ptr + slot + 1, tl.sum(ss, axis=0))
 
 
 def _tail(dtype: torch.dtype) -> float:

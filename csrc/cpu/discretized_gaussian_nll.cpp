@@ -36,10 +36,12 @@ struct LogNdtr {
   }
 };
 
+// Terms in acc_t, summed in double (scalar loop, compute-bound: a float running sum would absorb
+// the small terms, a bias; see recon_nll.cpp).
 template <typename scalar_t, typename acc_t, bool TANH>
-acc_t dgauss_segment(const scalar_t* __restrict x, const scalar_t* __restrict m, const scalar_t* __restrict ls,
-                     int64_t n) {
-  acc_t sum = 0;
+double dgauss_segment(const scalar_t* __restrict x, const scalar_t* __restrict m, const scalar_t* __restrict ls,
+                      int64_t n) {
+  double sum = 0;
   for (int64_t i = 0; i < n; ++i) {
     sum += dgauss::element<acc_t, TANH, false>(static_cast<acc_t>(x[i]), static_cast<acc_t>(m[i]),
                                                static_cast<acc_t>(ls[i]), LogNdtr{})

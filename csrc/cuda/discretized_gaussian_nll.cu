@@ -30,16 +30,16 @@ template <typename scalar_t, typename acc_t, bool TANH>
 __global__ void dgauss_kernel(const scalar_t* __restrict__ x0, const scalar_t* __restrict__ mean,
                               const scalar_t* __restrict__ log_scale, int64_t D, int64_t chunks,
                               double* __restrict__ partial) {
-  __shared__ acc_t shared[kThreads / 32];
+  __shared__ double shared[kThreads / 32];  // terms summed in double (see recon_nll.cu)
   const auto [b, begin, end] = reduce_chunk(D, chunks);
-  acc_t sum = 0;
+  double sum = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     sum += dgauss::element<acc_t, TANH, false>(static_cast<acc_t>(x0[i]), static_cast<acc_t>(mean[i]),
                                                static_cast<acc_t>(log_scale[i]), LogNdtr{})
                .lp;
   }
   sum = block_sum(sum, shared);
-  if (threadIdx.x == 0) partial[blockIdx.x] = -static_cast<double>(sum);
+  if (threadIdx.x == 0) partial[blockIdx.x] = -sum;
 }
 
 template <typename scalar_t, typename acc_t, bool TANH>

@@ -19,17 +19,20 @@ template <typename scalar_t, typename acc_t>
 __global__ void recon_nll_kernel(const scalar_t* __restrict__ x0, const scalar_t* __restrict__ z0,
                                  const acc_t* __restrict__ alpha, const acc_t* __restrict__ sigma, int64_t D,
                                  int64_t chunks, double* __restrict__ partial) {
-  __shared__ acc_t shared[kThreads / 32];
+  // Terms in acc_t, summed in double: a float sum (per thread, then the block's tree) absorbs the
+  // terms below half an ulp of a large partial, a bias (tests/test_accurate_sums.py). The exps
+  // per element dominate; the double adds do not show.
+  __shared__ double shared[kThreads / 32];
   const auto [b, begin, end] = reduce_chunk(D, chunks);
   const acc_t a = alpha[b], s = sigma[b];
   const int L = recon::window_bins(a, s);
-  acc_t sum = 0;
+  double sum = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     const int kstar = recon::bin_index(static_cast<double>(x0[i]));
     sum += recon::element<acc_t, false>(static_cast<acc_t>(z0[i]), a, s, kstar, L).nll;
   }
   sum = block_sum(sum, shared);
-  if (threadIdx.x == 0) partial[blockIdx.x] = static_cast<double>(sum);
+  if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -37,11 +40,11 @@ __global__ void recon_nll_backward_kernel(scalar_t* __restrict__ gz, const acc_t
                                           const scalar_t* __restrict__ x0, const scalar_t* __restrict__ z0,
                                           const acc_t* __restrict__ alpha, const acc_t* __restrict__ sigma, int64_t D,
                                           int64_t chunks, double* __restrict__ partial) {
-  __shared__ acc_t shared[kThreads / 32];
+  __shared__ double shared[kThreads / 32];  // summed in double, as the forward
   const auto [b, begin, end] = reduce_chunk(D, chunks);
   const acc_t a = alpha[b], s = sigma[b], g = grad[b];
   const int L = recon::window_bins(a, s);
-  acc_t sa = 0, ss = 0;
+  double sa = 0, ss = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     const int kstar = recon::bin_index(static_cast<double>(x0[i]));
     const auto e = recon::element<acc_t, true>(static_cast<acc_t>(z0[i]), a, s, kstar, L);
@@ -53,8 +56,8 @@ __global__ void recon_nll_backward_kernel(scalar_t* __restrict__ gz, const acc_t
   sa = block_sum(sa, shared);
   ss = block_sum(ss, shared);
   if (threadIdx.x == 0) {
-    partial[2 * blockIdx.x] = static_cast<double>(sa);
-    partial[2 * blockIdx.x + 1] = static_cast<double>(ss);
+    partial[2 * blockIdx.x] = sa;
+    partial[2 * blockIdx.x + 1] = ss;
   }
 }
 
