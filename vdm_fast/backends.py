@@ -111,7 +111,8 @@ def resolve(backend: str | None, device: torch.device, op: str) -> str:
     """The backend that runs ``op`` on ``device`` given the caller's ``backend`` argument."""
     # A plain dict lookup: this runs on every op call. Under torch.compile a hit is a guarded
     # constant; a miss goes through assume_constant_result so the choice is still a constant.
-    key = (backend, device.type, op)
+    # Keyed on the device itself: reading device.type costs more than the whole lookup.
+    key = (backend, device, op)
     found = _memo.get(key)
     if found is None:
         if torch.compiler.is_compiling():

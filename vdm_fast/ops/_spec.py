@@ -115,6 +115,58 @@ class OpSpec:
 
     # --- the public call -----------------------------------------------------------------------
 
+    def _fast_plan(self):
+        """(data, coefficient, choice, positive-coefficient, bounded-data positions) when every
+        argument is DATA, COEFF or CHOICE (the ops without a generator or a LIKE argument), else
+        None. Computed once."""
+        plan = self.__dict__.get("_plan", False)
+        if plan is False:
+            roles = [a.role for a in self.args]
+            plan = None
+            if self.prepare_fn is None and set(roles) <= {DATA, COEFF, CHOICE} and DATA in roles:
+                where = lambda keep: tuple(i for i, a in enumerate(self.args) if keep(a))  # noqa: E731
+                plan = (where(lambda a: a.role == DATA), where(lambda a: a.role == COEFF),
+                        where(lambda a: a.role == CHOICE), where(lambda a: a.role == COEFF and a.positive),
+                        where(lambda a: a.role == DATA and a.bounds is not None))
+            self.__dict__["_plan"] = plan
+        return plan
+
+    def _prepare_fast(self, values, plan) -> tuple | None:
+        """The common call, checked in a few attribute reads: data tensors of one float32/float64
+        dtype, shape and device; coefficients already contiguous (B,) tensors of that dtype there;
+        choices spelled canonically. None when anything differs (the general path then checks,
+        converts and names the argument). Value checks (positive scales, decoder ranges) still run."""
+        data_idx, coeff_idx, choice_idx, positive_idx, bounds_idx = plan
+        if len(values) != len(self.args):
+            return None
+        first = values[data_idx[0]]
+        if type(first) is not torch.Tensor:
+            return None
+        dtype = first.dtype
+        if dtype is not torch.float32 and dtype is not torch.float64:
+            return None  # half data: promotion and autocast rules, the general path
+        shape, device = first.shape, first.device
+        if not shape:
+            return None
+        for i in data_idx[1:]:
+            t = values[i]
+            if type(t) is not torch.Tensor or t.dtype is not dtype or t.shape != shape or t.device != device:
+                return None
+        batch = shape[0]
+        for i in coeff_idx:
+            t = values[i]
+            if (type(t) is not torch.Tensor or t.dtype is not dtype or t.dim() != 1 or t.shape[0] != batch
+                    or t.device != device or not t.is_contiguous()):
+                return None
+        for i in choice_idx:
+            if values[i] not in self.args[i].choices:
+                return None
+        for i in positive_idx:
+            _checks.positive(self.name, self.args[i].name, values[i])
+        for i in bounds_idx:
+            _checks.within(self.name, self.args[i].name, values[i], *self.args[i].bounds)
+        return values
+
     def prepare(self, *values, **options) -> tuple:
         """The public arguments checked (errors name the argument) and normalised: data tensors in
         their promoted dtype (``_checks.data_dtype``), coefficients as contiguous (B,) tensors of the
@@ -122,6 +174,11 @@ class OpSpec:
         ops' arguments."""
         if self.prepare_fn is not None:
             return self.prepare_fn(*values, **options)
+        plan = self._fast_plan()
+        if plan is not None and not options:
+            fast = self._prepare_fast(values, plan)
+            if fast is not None:
+                return fast
         op, first, out = self.name, None, []
         data = [(arg.name, value) for arg, value in zip(self.args, values) if arg.role == DATA]
         if data:
@@ -164,7 +221,7 @@ class OpSpec:
 
     def implementation(self, backend: str | None, device: torch.device) -> Callable:
         name = backends.resolve(backend, device, self.name)
-        if name == "triton":
+        if name == "triton" and "triton" not in self.impls:
             _load_triton(self.name)
         try:
             return self.impls[name]
@@ -173,7 +230,10 @@ class OpSpec:
 
     def __call__(self, *values, backend: str | None = None, **options):
         args = self.prepare(*values, **options)
-        first = next(a for a in args if isinstance(a, torch.Tensor))
+        plan = self._fast_plan()
+        # the first data argument (its device picks the backend); searched for when a generator
+        # or an op's own prepare changes the positions
+        first = args[plan[0][0]] if plan is not None else next(a for a in args if isinstance(a, torch.Tensor))
         return self.implementation(backend, first.device)(*args)
 
     # --- fake kernels ----------------------------------------------------------------------------
