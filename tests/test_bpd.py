@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import numerics
+from improved_diffusion_math import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from vdm_fast import bpd, elbo as elbo_mod, reference
 from vdm_fast.schedules import DiscreteSchedule, LinearGamma
 
@@ -26,29 +27,6 @@ LN2 = math.log(2.0)
 
 
 # --- improved-diffusion, transcribed -----------------------------------------------------------------
-
-
-def _normal_kl(mean1, logvar1, mean2, logvar2):
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
-
-
-def _approx_cdf(x):
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-
-
-def _disc_gauss_loglik(x, means, log_scales):
-    centered = x - means
-    inv = torch.exp(-log_scales)
-    cdf_plus = _approx_cdf(inv * (centered + 1.0 / 255))
-    cdf_min = _approx_cdf(inv * (centered - 1.0 / 255))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
-    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
-
-
-def _mean_flat(t):
-    return t.flatten(1).mean(1)
 
 
 def improved_diffusion_calc_bpd_loop(model, x_start, betas, variance, clip_denoised, generator, parameterization="eps"):
@@ -78,17 +56,17 @@ def improved_diffusion_calc_bpd_loop(model, x_start, betas, variance, clip_denoi
             pred_xstart = pred_xstart.clamp(-1, 1)
         model_mean = coef1[t] * pred_xstart + coef2[t] * x_t
         true_mean = coef1[t] * x_start + coef2[t] * x_t
-        kl = _mean_flat(_normal_kl(true_mean, post_logvar_clipped[t], model_mean, model_logvar[t])) / LN2
+        kl = mean_flat(normal_kl(true_mean, post_logvar_clipped[t], model_mean, model_logvar[t])) / LN2
         log_scales = 0.5 * model_logvar[t] * torch.ones_like(x_start)
-        nll = -_mean_flat(_disc_gauss_loglik(x_start, model_mean, log_scales)) / LN2
+        nll = -mean_flat(discretized_gaussian_log_likelihood(x_start, model_mean, log_scales)) / LN2
         vb.append(nll if t == 0 else kl)
-        xstart_mse.append(_mean_flat((pred_xstart - x_start) ** 2))
+        xstart_mse.append(mean_flat((pred_xstart - x_start) ** 2))
         eps = (sqrt_recip_ac[t] * x_t - pred_xstart) / sqrt_recipm1_ac[t]
-        mse.append(_mean_flat((eps - noise) ** 2))
-    # Stacked in loop order (T-1 .. 0) and flipped so column t is step t.
-    vb, xstart_mse, mse = (torch.stack(v, 1).flip(1) for v in (vb, xstart_mse, mse))
+        mse.append(mean_flat((eps - noise) ** 2))
+    # Stacked in loop order, as theirs: column j is step T-1-j.
+    vb, xstart_mse, mse = (torch.stack(v, 1) for v in (vb, xstart_mse, mse))
     zero = torch.zeros((), dtype=F64)
-    prior = _mean_flat(_normal_kl(ac[-1].sqrt() * x_start, torch.log(1.0 - ac[-1]), zero, zero)) / LN2
+    prior = mean_flat(normal_kl(ac[-1].sqrt() * x_start, torch.log(1.0 - ac[-1]), zero, zero)) / LN2
     return {"total_bpd": vb.sum(1) + prior, "prior_bpd": prior, "vb": vb, "xstart_mse": xstart_mse, "mse": mse}
 
 
@@ -159,9 +137,9 @@ def _bpd_bounds(net, x, betas, variance, clip, parameterization, seed):
     truth = numerics.running_error(theirs, (betas, x))
     bound = numerics.running_error(ours, (betas, x)).bound + truth.bound
     T = betas.numel()
-    vb, xstart_mse = bound[:, 2:2 + T], truth.value[:, 2 + T:2 + 2 * T]
+    vb, xstart_mse = bound[:, 2:2 + T], truth.value[:, 2 + T:2 + 2 * T].flip(1)  # column t: step t
     c, w = _kl_coefficient_bound(betas, variance)
-    extra = torch.cat([torch.zeros_like(vb[:, :1]), (c[1:] + w[1:] * xstart_mse[:, 1:]) / LN2], 1)
+    extra = torch.cat([torch.zeros_like(vb[:, :1]), (c[1:] + w[1:] * xstart_mse[:, 1:]) / LN2], 1).flip(1)
     vb += extra
     bound[:, 0] += extra.sum(1)  # total_bpd
     return dict(zip(keys, bound.split([1, 1, T, T, T], 1))), truth
@@ -206,24 +184,26 @@ def test_calc_bpd_loop_erf_decoder_is_close_to_tanh():
     net = TinyNet(18, 8)
     a = bpd.calc_bpd_loop(net, x, table, cdf="tanh", generator=torch.Generator().manual_seed(0))
     b = bpd.calc_bpd_loop(net, x, table, cdf="erf", generator=torch.Generator().manual_seed(0))
-    assert torch.equal(a["vb"][:, 1:], b["vb"][:, 1:])  # only the decoder differs: the rest is the same arithmetic
+    # Only the decoder (t = 0: the last column, improved-diffusion's order) differs: the rest is the same arithmetic.
+    assert torch.equal(a["vb"][:, :-1], b["vb"][:, :-1])
     # Not a rounding tolerance: two different CDFs (|Phi_tanh - Phi| <= 1.8e-4 everywhere, moving a
     # bin of mass P by <= 3.6e-4 / P in log). These seeded data's decoder terms differ by < 0.01
     # bits/dim; 0.05 flags a decoder that is not the normal CDF's approximation.
-    assert (a["vb"][:, 0] - b["vb"][:, 0]).abs().max().item() < 0.05
+    assert (a["vb"][:, -1] - b["vb"][:, -1]).abs().max().item() < 0.05
 
 
 def test_calc_bpd_loop_unclipped_mse_is_snr_times_xstart_mse():
     table = DiscreteSchedule.linear(10, 1e-3, 0.2)
     net, x = TinyNet(18, 10), _ddpm_data()
-    out = bpd.calc_bpd_loop(net, x, table, clip_denoised=False, generator=torch.Generator().manual_seed(0))
+    out = bpd.calc_bpd_loop(net, x, table, clip_denoised=False, order="ascending",
+                            generator=torch.Generator().manual_seed(0))
     snr = table.snr(torch.arange(10), F64)
 
     # eps - eps_hat = (alpha / sigma)(x̂ - x): mse - SNR xstart_mse is 0 for any table values, so the
     # table enters as exact (shared) numbers; the bound is that of the difference, formed from one run.
     def difference(x):
-        o = bpd.calc_bpd_loop(net, x, table, clip_denoised=False, generator=torch.Generator().manual_seed(0),
-                              backend="reference")
+        o = bpd.calc_bpd_loop(net, x, table, clip_denoised=False, order="ascending",
+                              generator=torch.Generator().manual_seed(0), backend="reference")
         return o["mse"] - table.snr(torch.arange(10), F64) * o["xstart_mse"]
 
     bound = numerics.running_error(difference, (x,)).bound
@@ -246,7 +226,7 @@ def test_calc_bpd_loop_terms_converge_to_gaussian_closed_form(variance):
         a, s = a[:, None], s[:, None]
         return s * z / (a**2 * S**2 + s**2)
 
-    out = bpd.calc_bpd_loop(optimal, x, table, variance=variance, clip_denoised=False,
+    out = bpd.calc_bpd_loop(optimal, x, table, variance=variance, clip_denoised=False, order="ascending",
                             generator=torch.Generator().manual_seed(6))
     betas, abar = table.betas, table.alphas_cumprod
     abar_prev = torch.cat([torch.ones(1, dtype=F64), abar[:-1]])

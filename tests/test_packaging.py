@@ -94,7 +94,8 @@ def test_nothing_points_outside_the_repository():
 
 PUBLIC_MODULES = ["vdm_fast", "vdm_fast.ops", "vdm_fast.reference", "vdm_fast.schedules", "vdm_fast.backends",
                   "vdm_fast.elbo", "vdm_fast.bpd", "vdm_fast.samplers", "vdm_fast.guidance", "vdm_fast.karras",
-                  "vdm_fast.coefficients"]
+                  "vdm_fast.coefficients", "vdm_fast.posterior", "vdm_fast.respace",
+                  "vdm_fast.tables"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)

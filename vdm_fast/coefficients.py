@@ -134,6 +134,14 @@ def _levels(*levels):
     return (*torch.broadcast_tensors(*(g.to(BUILD_DTYPE) for g in levels)), dtype)
 
 
+def _levels_and_previous(gamma_t, gamma_s, gamma_prev):
+    """``_levels`` of a multistep step: (g_t, g_s, g_p, dtype), g_p NaN where there is no previous level."""
+    if gamma_prev is None:
+        g_t, g_s, dtype = _levels(gamma_t, gamma_s)
+        return g_t, g_s, torch.full_like(g_t, float("nan")), dtype
+    return _levels(gamma_t, gamma_s, gamma_prev)
+
+
 def _scalar(value, like: torch.Tensor) -> torch.Tensor:
     """A per-sample argument (eta, a step size, a norm) in float64 on ``like``'s device."""
     return torch.as_tensor(value, dtype=BUILD_DTYPE, device=like.device)
@@ -335,11 +343,7 @@ def dpmpp_2m_coeffs(gamma_t, gamma_s, gamma_prev=None, parameterization: str = "
     """
     if solver_type not in SOLVER_TYPES:
         raise ValueError(f"solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
-    if gamma_prev is None:
-        g_t, g_s, dtype = _levels(gamma_t, gamma_s)
-        g_p = torch.full_like(g_t, float("nan"))
-    else:
-        g_t, g_s, g_p, dtype = _levels(gamma_t, gamma_s, gamma_prev)
+    g_t, g_s, g_p, dtype = _levels_and_previous(gamma_t, gamma_s, gamma_prev)
     alpha_t, sigma_t = alpha_sigma(g_t)
     alpha_s, _ = alpha_sigma(g_s)
     a_z, a_m = x0_coeffs(parameterization, alpha_t, sigma_t)
@@ -375,11 +379,7 @@ def unipc_corrector_coeffs(gamma_t, gamma_s, gamma_prev=None, parameterization: 
     ``reverse_step(x, D, history, noise=D')``; ``correct`` adds the new output,
     x_s = x̂(z_s, m_s) w_s + n, as ``reverse_step_with_x0(z_s, m_s, correct, noise=n)`` (which also
     returns D_s for the next step). ``gamma_prev`` None or NaN: order 1."""
-    if gamma_prev is None:
-        g_t, g_s, dtype = _levels(gamma_t, gamma_s)
-        g_p = torch.full_like(g_t, float("nan"))
-    else:
-        g_t, g_s, g_p, dtype = _levels(gamma_t, gamma_s, gamma_prev)
+    g_t, g_s, g_p, dtype = _levels_and_previous(gamma_t, gamma_s, gamma_prev)
     alpha_s, sigma_s = alpha_sigma(g_s)
     a_z, a_m = x0_coeffs(parameterization, alpha_s, sigma_s)  # D_s is formed at s
     hh = 0.5 * (g_s - g_t)  # -h

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ._checks import compute_dtype, within
+from ._checks import _plain, compute_dtype, within
 from .ops import prior_kl, q_sample, recon_nll, sq_error
 from .parameterization import PARAMETERIZATIONS, alpha_sigma, check, one_minus_snr_ratio, snr, sq_error_scale
 from .schedules import DiscreteSchedule, Schedule
@@ -104,6 +104,30 @@ def _grid_times(u: torch.Tensor, T: int) -> torch.Tensor:
     return (i / T).to(u.dtype)
 
 
+def _check_grid(op: str, t: torch.Tensor, T: int) -> None:
+    """T-step times must lie on the grid t_i = i/T, i = 1..T (to the rounding of t's dtype).
+
+    Off the grid the T-step weight (T/2) expm1(gamma(t) - gamma(t - 1/T)) is that of a shifted
+    grid: a finite number, but not the bound a caller porting VDM expects. VDM draws u ~ U(0, 1)
+    and rounds it itself (``t = ceil(u T) / T``) before the model sees it; passing that u here
+    would silently give other numbers. The check raises instead of rounding: ``t`` is also the
+    time the model is evaluated at, so moving it would change what the caller's own code computed,
+    and the rounding is a convention (VDM's ceil(u T); ours, for times we draw, floor(u T) + 1).
+    Checked on the device without a host sync (torch._assert_async; at once on the CPU)."""
+    x = _plain(t)
+    if not x.numel() or not x.is_floating_point():  # integer times: the schedule rejects them itself
+        return
+    k = x.detach().to(torch.float64) * T
+    i = torch.round(k)
+    # t holds i/T rounded to its dtype: |t T - i| <= eps/2 * i <= eps/2 * T; 4 eps T leaves room.
+    # (Past T ~ 1/(8 eps), 1e6 for float32, the dtype cannot tell neighbouring grid points apart and
+    # only 1 <= i <= T is checked: pass float64 times there.)
+    tol = 4 * torch.finfo(x.dtype).eps * T
+    ok = ((k - i).abs() <= tol) & (i >= 1) & (i <= T)
+    torch._assert_async(ok.all(), f"{op}: t must lie on the T-step grid i/T, i = 1..{T} (T = {T}); VDM's raw "
+                                  f"u ~ U(0, 1) must be rounded first as VDM does: t = torch.ceil(u * T) / T")
+
+
 # --- per-sample weights ---------------------------------------------------------------------------
 
 
@@ -116,7 +140,8 @@ def diffusion_weight(schedule, t: torch.Tensor, parameterization: str = "eps", T
     score). T steps, s = t - 1/T: (T/2) expm1(gamma_t - gamma_s) in eps space for eps and score;
     (T/2) (SNR_s - SNR_t) in x0 space for x0 and v, converted from there (v: times sigma_t^2), so
     that both are finite at SNR_t = 0. The T-step difference gamma_t - gamma_s is computed in
-    float64 (it is small for large T).
+    float64 (it is small for large T). With T, t must lie on the grid i/T, i = 1..T (else an error
+    naming t and T: :func:`elbo`'s ``t``).
     """
     parameterization = check(parameterization)
     if T is None:
@@ -126,6 +151,7 @@ def diffusion_weight(schedule, t: torch.Tensor, parameterization: str = "eps", T
                             "(pass T for the T-step bound)")
         g = schedule.gamma(t, dtype)
         return 0.5 * schedule.gamma_prime(t, dtype) * sq_error_scale(parameterization, g, "eps")
+    _check_grid("diffusion_weight", torch.as_tensor(t), T)
     f64 = torch.float64
     g_t = schedule.gamma(t, f64)
     # s = t - 1/T, clamped so that float32 rounding of t = 1/T cannot step below t = 0.
@@ -171,6 +197,8 @@ def _check_common(x0, schedule, T, parameterization, t, noise, recon_noise) -> s
                          f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     if t is not None:
         _check_time("elbo", schedule, t)
+        if T is not None:
+            _check_grid("elbo", t, T)
     for name, n in (("noise", noise), ("recon_noise", recon_noise)):
         if n is not None and (not isinstance(n, torch.Tensor) or n.shape != x0.shape):
             raise ValueError(f"{name} must be a tensor of the shape of x0 {tuple(x0.shape)}")
@@ -220,8 +248,13 @@ def elbo(model, x0: torch.Tensor, schedule, *, T: int | None = None, parameteriz
         schedule: a continuous-time schedule (``LinearGamma``, ``LearnedLinearGamma``,
             ``MonotoneGamma`` or anything with ``gamma(t, dtype)`` and, for T None, ``gamma_prime``).
         T: None for the continuous-time bound, else the number of steps.
-        t: (B,) times; continuous: in [0, 1]; T steps: on the grid i/T, i = 1..T (s = t - 1/T).
-            Drawn with :func:`sample_time` (``antithetic``, ``generator``) when None.
+        t: (B,) times; continuous: in [0, 1]; T steps: on the grid i/T, i = 1..T (s = t - 1/T),
+            to the rounding of t's dtype; other times raise (an error naming t and T, checked
+            without a host sync), not rounded: VDM's raw u must be mapped as VDM maps it,
+            ``torch.ceil(u * T) / T``, before it is passed (a time off the grid would give the
+            bound of a shifted grid, silently; rounding it here would change the t the model
+            is evaluated at behind the caller's back). Drawn with :func:`sample_time`
+            (``antithetic``, ``generator``) when None.
         noise: eps for z_t; recon_noise: eps' for z_0. Drawn from ``generator`` when None.
         decoder: the reconstruction decoder of ``recon_nll``; None for no reconstruction term
             (recon = 0: continuous data, which has no 8-bit decoder, or a decoder evaluated
@@ -324,6 +357,8 @@ class VDMLoss(nn.Module):
                 t = u if self.T is None else _grid_times(u, self.T)
         elif isinstance(t, torch.Tensor) and t.is_floating_point():  # integer timesteps: the table checks them
             _check_time("VDMLoss", self.schedule, t)
+            if self.T is not None:
+                _check_grid("VDMLoss", t, self.T)
         noise = _randn_like(x0, generator) if noise is None else noise
         g = self.schedule.gamma(t, cdt)
         alpha, sigma = alpha_sigma(g)

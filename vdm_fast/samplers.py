@@ -51,6 +51,8 @@ from .coefficients import (BUILD_DTYPE, ancestral_coeffs, annealed_langevin_step
 from .ops.randn_like import randn_like
 from .ops.reverse_step import reverse_step, reverse_step_with_x0
 from .parameterization import PARAMETERIZATIONS, alpha_sigma, check, eps_coeffs, score_coeffs, x0_coeffs
+from .posterior import learned_range_bounds, learned_range_log_variance, split_variance_output
+from .schedules import DiscreteSchedule
 from ._namespace import public_dir
 
 
@@ -187,6 +189,78 @@ def _run_two_level(coeff_fn, model, z, schedule, times, *, parameterization, gui
     return z
 
 
+ANCESTRAL_VARIANCES = ("posterior", "beta", "learned_range")
+
+
+class _VarianceSplit:
+    """A learned-variance model (2C channels, improved-diffusion's ``learn_sigma``) seen by
+    :class:`_Evaluator` as a plain one: ``self.model`` returns the mean half and keeps the variance
+    half of its last call in ``self.variance`` (the conditional output's, for a classifier-free
+    guided model: the guided mean takes the conditional model's variance)."""
+
+    def __init__(self, model, channels: int):
+        self.variance = None
+        if isinstance(model, _guidance.ClassifierFree):
+            def outputs(z, t):
+                out = model._outputs(z, t)
+                if not isinstance(out, (tuple, list)) or len(out) != 2:
+                    raise TypeError(f"a classifier-free model must return a pair (cond, uncond) of tensors, "
+                                    f"got {type(out).__name__}")
+                cond, self.variance = split_variance_output(out[0], channels, "the classifier-free model (cond)")
+                uncond, _ = split_variance_output(out[1], channels, "the classifier-free model (uncond)")
+                return cond, uncond
+
+            self.model = _guidance.ClassifierFree(outputs)
+        elif callable(model):
+            def mean_half(z, t):
+                m, self.variance = split_variance_output(model(z, t), channels)
+                return m
+
+            self.model = mean_half
+        else:
+            raise TypeError(f"model must be callable as model(z, t), got {type(model).__name__}")
+
+
+def _sample_learned_range(model, z, schedule, times, *, parameterization, guidance_scale, classifier,
+                          classifier_scale, clip, generator, progress, callback, backend):
+    """sample_ancestral with improved-diffusion's learned-range variance (its ``p_sample_loop`` with
+    ``ModelVarType.LEARNED_RANGE``): per element std = exp(log var / 2), log var from
+    ``posterior.learned_range_log_variance`` between the step's clipped posterior log-variance and
+    log beta (``posterior.learned_range_bounds``). The std is not a per-sample scalar, so it
+    multiplies the noise before the fused step (noise = std n, drawn from ``generator`` with
+    ``randn_like``, and c_n = 1; 0 on the step to the clean level, their ``nonzero_mask``)."""
+    op = "sample_ancestral(variance='learned_range')"
+    if not isinstance(schedule, DiscreteSchedule):
+        raise TypeError(f"{op}: schedule must be a DiscreteSchedule (the range is log beta_t to the posterior's "
+                        f"log-variance of a discrete table), got {type(schedule).__name__}")
+    grid = _Grid(schedule, times, z)
+    if grid.times.is_floating_point():
+        raise TypeError(f"{op}: times must hold integer timesteps of the table (e.g. discrete_times), got "
+                        f"{grid.times.dtype}")
+    if grid.steps < 2:
+        raise ValueError(f"{op}: times must have at least 2 steps (the clipped log-variance of the step to the "
+                         f"clean level is the previous step's), got {grid.steps}")
+    if z.dim() < 2:
+        raise ValueError(f"{op}: z must have a channel dimension (dim 1), got shape {tuple(z.shape)}")
+    split = _VarianceSplit(model, z.shape[1])
+    ev = _Evaluator(split.model, parameterization, guidance_scale, classifier, classifier_scale, z)
+    with torch.no_grad():
+        coeffs = ancestral_coeffs(grid.gamma[:-1], grid.gamma[1:], parameterization, "posterior")  # (K, 6, B)
+        coeffs[:, 5] = (~torch.isneginf(grid.gamma[1:])).to(coeffs.dtype)  # the noise comes in scaled
+        table = grid.cast(coeffs)
+        min_log, max_log = (grid.cast(b) for b in learned_range_bounds(grid.gamma))  # (K, B)
+        for i in _range(grid.steps, progress, "ancestral (learned range)"):
+            alpha, sigma = grid.alpha_sigma(i)
+            m, kw = ev(z, grid.times[i], alpha, sigma)
+            log_var = learned_range_log_variance(split.variance.to(grid.cdt), _bcast(min_log[i], z),
+                                                 _bcast(max_log[i], z))
+            noise = (torch.exp(0.5 * log_var) * randn_like(z, generator).to(grid.cdt)).to(z.dtype)
+            z = reverse_step(z, m, table[i], clip=clip, noise=noise, backend=backend, **kw)
+            if callback is not None:
+                callback(i, grid.times[i + 1], z)
+    return z
+
+
 def sample_ancestral(model, z: torch.Tensor, schedule, times, *, parameterization: str = "eps",
                      variance: str = "posterior", guidance_scale=None, classifier=None, classifier_scale=None,
                      clip: float | None = None, generator: torch.Generator | None = None, progress: bool = False,
@@ -200,7 +274,15 @@ def sample_ancestral(model, z: torch.Tensor, schedule, times, *, parameterizatio
         schedule: anything with ``gamma(t)``, or a ``DiscreteSchedule`` with integer times.
         times: descending grid, (K+1,) or (K+1, B): see the module docstring.
         parameterization: what the model outputs: "eps", "x0", "v" or "score".
-        variance: "posterior" (beta-tilde) or "beta" (see :func:`ancestral_coeffs`).
+        variance: "posterior" (beta-tilde) or "beta" (see :func:`ancestral_coeffs`), or
+            "learned_range" (improved-diffusion's ``learn_sigma``: the model outputs twice the
+            channels of z, dim 1, the mean half in ``parameterization`` and the variance values v
+            in [-1, 1]; per element log var = frac log beta + (1 - frac) min_log, frac = (v + 1)/2,
+            min_log the step's posterior log-variance, clipped at the clean level as theirs;
+            a ``DiscreteSchedule`` with integer ``times`` of at least 2 steps only, e.g.
+            ``discrete_times`` or a respaced table, ``vdm_fast.respace``). Classifier-free
+            guidance: a ``guidance.classifier_free_pair`` model whose cond and uncond outputs both
+            have 2C channels; the conditional output's variance is used.
         guidance_scale: classifier-free scale w per sample (w = 1: conditional model).
         classifier, classifier_scale: classifier guidance (``guidance.classifier``), scale per sample.
         clip: clamp x̂ to [-clip, clip]. generator: for the noise. progress: tqdm bar.
@@ -209,6 +291,13 @@ def sample_ancestral(model, z: torch.Tensor, schedule, times, *, parameterizatio
     Returns:
         z at the last level of ``times``.
     """
+    if variance not in ANCESTRAL_VARIANCES:
+        raise ValueError(f"variance must be one of {ANCESTRAL_VARIANCES}, got {variance!r}")
+    if variance == "learned_range":
+        return _sample_learned_range(model, z, schedule, times, parameterization=parameterization,
+                                     guidance_scale=guidance_scale, classifier=classifier,
+                                     classifier_scale=classifier_scale, clip=clip, generator=generator,
+                                     progress=progress, callback=callback, backend=backend)
     return _run_two_level(lambda gt, gs: ancestral_coeffs(gt, gs, parameterization, variance), model, z, schedule,
                           times, parameterization=parameterization, guidance_scale=guidance_scale,
                           classifier=classifier, classifier_scale=classifier_scale, clip=clip, generator=generator,
@@ -486,10 +575,11 @@ def sample_ode(model, z: torch.Tensor, schedule, times, *, method: str = "heun",
 
 
 __all__ = [
-    "PARAMETERIZATIONS", "uniform_times", "discrete_times", "gammas", "x0_coeffs", "eps_coeffs", "score_coeffs",
-    "ancestral_coeffs", "ddim_coeffs", "langevin_coeffs", "annealed_langevin_step_sizes", "reverse_diffusion_coeffs",
-    "langevin_corrector_coeffs", "ode_euler_coeffs", "ode_heun_coeffs", "euler_ancestral_coeffs", "dpmpp_2m_coeffs",
-    "unipc_corrector_coeffs", "sample_ancestral", "sample_ddim", "sample_euler_ancestral", "sample_dpmpp_2m",
-    "sample_unipc", "sample_langevin", "sample_annealed_langevin", "sample_pc", "sample_ode",
+    "PARAMETERIZATIONS", "ANCESTRAL_VARIANCES", "uniform_times", "discrete_times", "gammas", "x0_coeffs",
+    "eps_coeffs", "score_coeffs", "ancestral_coeffs", "ddim_coeffs", "langevin_coeffs",
+    "annealed_langevin_step_sizes", "reverse_diffusion_coeffs", "langevin_corrector_coeffs", "ode_euler_coeffs",
+    "ode_heun_coeffs", "euler_ancestral_coeffs", "dpmpp_2m_coeffs", "unipc_corrector_coeffs", "sample_ancestral",
+    "sample_ddim", "sample_euler_ancestral", "sample_dpmpp_2m", "sample_unipc", "sample_langevin",
+    "sample_annealed_langevin", "sample_pc", "sample_ode",
 ]
 __dir__ = public_dir(__all__)

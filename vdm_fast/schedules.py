@@ -21,7 +21,9 @@ that neither underflows to zero at the ends of the schedule.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -59,10 +61,29 @@ class Schedule:
         return parameterization.alpha_sigma(self.gamma(t, dtype))
 
 
-def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """DDPM's linear beta schedule (Ho et al. 2020; diffusers ``beta_schedule="linear"``), float64."""
+LINEAR_CONVENTIONS = ("diffusers", "improved-diffusion")
+
+
+def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, *,
+                 convention: str = "diffusers") -> torch.Tensor:
+    """DDPM's linear beta schedule (Ho et al. 2020), float64: ``num_timesteps`` betas evenly spaced
+    from beta_start to beta_end.
+
+    ``convention``:
+        ``"diffusers"`` (default): beta_start and beta_end as given, whatever T (diffusers'
+            ``beta_schedule="linear"``, DDPM's table for T = 1000).
+        ``"improved-diffusion"``: both scaled by 1000 / T first (improved-diffusion's
+            ``get_named_beta_schedule("linear", T)``, "extended to work for any number of
+            diffusion steps"): the same table at T = 1000, a different one elsewhere (T = 4000:
+            2.5e-5 .. 5e-3).
+    """
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    if convention not in LINEAR_CONVENTIONS:
+        raise ValueError(f"convention must be one of {LINEAR_CONVENTIONS}, got {convention!r}")
+    if convention == "improved-diffusion":
+        scale = 1000 / num_timesteps
+        beta_start, beta_end = scale * beta_start, scale * beta_end
     return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
 
 
@@ -106,8 +127,10 @@ class DiscreteSchedule(Schedule):
         self._by_device: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     @classmethod
-    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteSchedule":
-        return cls(linear_betas(num_timesteps, beta_start, beta_end))
+    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, *,
+               convention: str = "diffusers") -> "DiscreteSchedule":
+        """The linear table (:func:`linear_betas`; ``convention`` "diffusers" or "improved-diffusion")."""
+        return cls(linear_betas(num_timesteps, beta_start, beta_end, convention=convention))
 
     @classmethod
     def cosine(cls, num_timesteps: int = 1000, s: float = 0.008) -> "DiscreteSchedule":
@@ -261,21 +284,34 @@ class MonotoneGamma(_LearnedGamma):
     network cannot change the recon or prior terms, and the expected continuous-time diffusion
     loss is invariant to the shape: only its variance depends on the network, VDM §5.1).
 
-    Initialisation follows VDM (l2 weights N(0, 1), biases 0) except l3: VDM starts it at 0 (a
-    linear schedule), but torch's |x| has zero gradient at 0, so l3 starts at ``l3_init``
-    (default 1e-3): linear to within about 1e-3 of the range, and trainable.
+    VDM's own network is not rescaled: it is gamma(t) = b1 + h(t) with l1's bias b1, and its
+    gamma_min, gamma_max only initialise l1 (kernel gamma_max - gamma_min, bias gamma_min).
+    Every such network is this class with gamma_min = b1 + h(0), gamma_max = b1 + h(1) and the
+    same weights (:meth:`from_vdm`, :meth:`to_vdm` convert the parameters both ways), provided
+    h(1) > h(0), i.e. the network is not constant.
+
+    Initialisation. VDM (``model_vdm.py``): l1 kernel gamma_max - gamma_min and bias gamma_min;
+    l2 kernel drawn from N(0, 0.01²) (flax's ``initializers.normal()``, stddev 1e-2) and bias 0;
+    l3 kernel drawn from N(0, 0.01²) too, no bias. Here l2 follows VDM (N(0, 0.01²), bias 0); l1's
+    weight starts at 1 (the rescaling removes its scale and its bias); l3 starts at the constant
+    ``l3_init`` (default 1e-3: a deterministic, nearly linear start, within about 1e-3 of the
+    range; it must not be 0, where torch's |x| has zero gradient, so l3 could never move), or,
+    with ``l3_init=None``, is drawn from N(0, 0.01²) as in VDM.
     """
 
     def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, learn_endpoints: bool = True,
-                 n_features: int = 1024, l3_init: float = 1e-3):
+                 n_features: int = 1024, l3_init: float | None = 1e-3):
         super().__init__(gamma_min, gamma_max, learn_endpoints)
         if n_features < 1:
             raise ValueError(f"n_features must be >= 1, got {n_features}")
         self.n_features = int(n_features)
         self.l1_weight = nn.Parameter(torch.tensor(1.0))
-        self.l2_weight = nn.Parameter(torch.randn(n_features))
+        self.l2_weight = nn.Parameter(VDM_INIT_STD * torch.randn(n_features))
         self.l2_bias = nn.Parameter(torch.zeros(n_features))
-        self.l3_weight = nn.Parameter(torch.full((n_features,), float(l3_init)))
+        if l3_init is None:
+            self.l3_weight = nn.Parameter(VDM_INIT_STD * torch.randn(n_features))
+        else:
+            self.l3_weight = nn.Parameter(torch.full((n_features,), float(l3_init)))
 
     def _features(self, t):
         """(sigmoid features (..., n), their non-negative input weights, mixing weights) in t's dtype."""
@@ -299,7 +335,119 @@ class MonotoneGamma(_LearnedGamma):
         h_prime = self.l1_weight.abs().to(t.dtype) + (4 * s * (1 - s) * w2 * w3).sum(-1) / self.n_features
         return h_prime / (ends[1] - ends[0])
 
+    # --- VDM's parameters ----------------------------------------------------------------------------
 
-__all__ = ["Schedule", "linear_betas", "cosine_betas", "DiscreteSchedule", "LinearGamma",
-    "LearnedLinearGamma", "MonotoneGamma"]
+    @classmethod
+    def from_vdm(cls, params, *, learn_endpoints: bool = True, dtype: torch.dtype | None = None) -> "MonotoneGamma":
+        """The schedule of VDM's ``NoiseSchedule_NNet`` with parameters ``params``: the same gamma(t)
+        for every t in [0, 1] (to rounding).
+
+        ``params``: the network's parameters as flax gives them (``variables["params"]`` of the
+        schedule module: in a whole VDM model, ``params["gamma"]``), a mapping with ``"l1"``
+        ({"kernel": (1, 1), "bias": (1,)}), ``"l2"`` ({"kernel": (1, n), "bias": (n,)}) and ``"l3"``
+        ({"kernel": (n, 1)}, no bias); arrays as numpy, jax or torch. A network built with
+        ``nonlinear=False`` has only ``"l1"``: it converts with one feature of weight 0 (the same,
+        linear, gamma).
+
+        Conversion (class docstring): the weights are kept as they are (signs included: VDM and
+        this class both use |W|); gamma_min = b1 + h(0) and gamma_max = b1 + h(1) are evaluated in
+        float64; l1's bias is absorbed in them. ``dtype``: the parameters' dtype (default: torch's
+        default dtype). Raises ValueError naming the entry of ``params`` that is missing or
+        misshapen, and if the network is constant (h(1) = h(0): no increasing schedule has it).
+        """
+        dtype = torch.get_default_dtype() if dtype is None else _check_dtype(dtype)
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a mapping of VDM's NoiseSchedule_NNet parameters, got {type(params).__name__}")
+        if "l1" not in params:
+            hint = " (pass the schedule's own parameters, e.g. params['params']['gamma'])" \
+                if "params" in params or "gamma" in params else ""
+            raise ValueError(f"params must hold VDM's layer 'l1' (and 'l2', 'l3'), got keys {sorted(params)}{hint}")
+        k1 = _vdm_array(params, "l1", "kernel", (1, 1))
+        b1 = _vdm_array(params, "l1", "bias", (1,))
+        nonlinear = "l2" in params or "l3" in params
+        if nonlinear:
+            k2 = _vdm_array(params, "l2", "kernel", None)
+            if k2.dim() != 2 or k2.shape[0] != 1 or k2.shape[1] < 1:
+                raise ValueError(f"params['l2']['kernel'] must have shape (1, n_features), got {tuple(k2.shape)}")
+            n = k2.shape[1]
+            b2 = _vdm_array(params, "l2", "bias", (n,))
+            k3 = _vdm_array(params, "l3", "kernel", (n, 1))
+            if "bias" in params["l3"]:
+                raise ValueError("params['l3'] must have no 'bias' (VDM's l3 is use_bias=False)")
+        else:
+            n = 1
+            k2, b2, k3 = torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), \
+                torch.zeros(1, 1, dtype=torch.float64)
+        w1, w2, w3 = k1.reshape(()), k2.reshape(n), k3.reshape(n)
+        # VDM's h at t = 0 and 1 in float64: the endpoints gamma = b1 + h.
+        ends = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        s = torch.sigmoid((2 * ends[:, None] - 1) * w2.abs() + b2)
+        h0, h1 = (w1.abs() * ends + ((2 * s - 1) * w3.abs()).sum(-1) / n).tolist()
+        if not h1 > h0:
+            raise ValueError("params: VDM's network is constant in t (|l1 kernel| = 0 and no l2/l3 feature varies): "
+                             "MonotoneGamma's schedule must increase")
+        b = b1.item()
+        with torch.random.fork_rng(devices=[]):  # the initial draw of l2 is overwritten: leave the global RNG alone
+            out = cls(b + h0, b + h1, learn_endpoints=learn_endpoints, n_features=n)
+        out = out.to(dtype)
+        with torch.no_grad():
+            out.b.copy_(torch.tensor(b + h0, dtype=torch.float64))
+            out.w.copy_(torch.tensor(h1 - h0, dtype=torch.float64))
+            out.l1_weight.copy_(w1)
+            out.l2_weight.copy_(w2)
+            out.l2_bias.copy_(b2)
+            out.l3_weight.copy_(w3)
+        return out
+
+    def to_vdm(self) -> dict:
+        """The parameters of VDM's ``NoiseSchedule_NNet`` (``n_features = self.n_features``,
+        ``nonlinear=True``) whose gamma(t) is this schedule's, as a nested dict of float64 numpy
+        arrays in flax's layout: {"l1": {"kernel": (1, 1), "bias": (1,)}, "l2": {"kernel": (1, n),
+        "bias": (n,)}, "l3": {"kernel": (n, 1)}}.
+
+        VDM's network has no rescaling, so the linear and mixing weights are scaled by
+        k = (gamma_max - gamma_min) / (h(1) - h(0)) > 0 and l1's bias is gamma_min - k h(0); l2 is
+        copied. :meth:`from_vdm` of the result gives this schedule back.
+        """
+        f64 = torch.float64
+        with torch.no_grad():
+            w1, w2 = self.l1_weight.detach().to(f64), self.l2_weight.detach().to(f64)
+            b2, w3 = self.l2_bias.detach().to(f64), self.l3_weight.detach().to(f64)
+            h0, h1 = self._h(torch.tensor([0.0, 1.0], dtype=f64, device=w1.device)).tolist()
+            k = self.w.detach().to(f64).abs().item() / (h1 - h0)
+            bias = self.b.detach().to(f64).item() - k * h0
+        n = self.n_features
+
+        def arr(x, shape):
+            return x.cpu().numpy().reshape(shape).copy()
+
+        return {"l1": {"kernel": arr(k * w1, (1, 1)), "bias": np.array([bias], dtype=np.float64)},
+                "l2": {"kernel": arr(w2, (1, n)), "bias": arr(b2, (n,))},
+                "l3": {"kernel": arr(k * w3, (n, 1))}}
+
+
+VDM_INIT_STD = 0.01  # flax.linen.initializers.normal()'s default stddev: VDM's l2 and l3 kernels
+
+
+def _vdm_array(params, layer: str, name: str, shape) -> torch.Tensor:
+    """params[layer][name] as a float64 CPU tensor of ``shape`` (None: any), else a ValueError naming it."""
+    where = f"params[{layer!r}][{name!r}]"
+    group = params.get(layer) if isinstance(params, Mapping) else None
+    if not isinstance(group, Mapping) or name not in group:
+        raise ValueError(f"{where} is missing (VDM's NoiseSchedule_NNet layout: l1 kernel (1, 1) and bias (1,), "
+                         "l2 kernel (1, n) and bias (n,), l3 kernel (n, 1))")
+    value = group[name]
+    if isinstance(value, torch.Tensor):
+        x = value.detach().to("cpu", torch.float64)
+    else:
+        x = torch.from_numpy(np.array(value, dtype=np.float64))
+    if shape is not None and tuple(x.shape) != shape:
+        raise ValueError(f"{where} must have shape {shape}, got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{where} must be finite")
+    return x
+
+
+__all__ = ["Schedule", "LINEAR_CONVENTIONS", "linear_betas", "cosine_betas", "DiscreteSchedule", "LinearGamma",
+    "LearnedLinearGamma", "MonotoneGamma", "VDM_INIT_STD"]
 __dir__ = public_dir(__all__)

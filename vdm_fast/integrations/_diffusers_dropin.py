@@ -54,6 +54,18 @@ class DropIn:
         return True
 
 
+def check_step_data(op: str, model_output, sample) -> None:
+    """``sample`` and ``model_output`` data tensors of one shape on one device (their dtypes may
+    differ: the step computes in the promoted dtype); errors name the argument."""
+    _checks.data(op, "sample", sample)
+    _checks.data(op, "model_output", model_output)
+    if model_output.shape != sample.shape:
+        raise ValueError(f"{op}: model_output must have the shape of sample {tuple(sample.shape)}, "
+                         f"got {tuple(model_output.shape)}")
+    if model_output.device != sample.device:
+        raise ValueError(f"{op}: model_output is on {model_output.device} but sample is on {sample.device}")
+
+
 def threshold_scale(a_z: torch.Tensor, a_m: torch.Tensor, sample: torch.Tensor, model_output: torch.Tensor,
                     ratio: float, max_value: float) -> torch.Tensor:
     """Imagen's dynamic-thresholding scale s = clamp(quantile(|x̂|, ratio), 1, max_value) per sample,

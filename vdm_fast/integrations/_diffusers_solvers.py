@@ -33,12 +33,11 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from .. import _checks
 from ..coefficients import dpmpp_2m_coeffs, euler_ancestral_coeffs, ode_euler_coeffs
 from ..ops.randn_like import randn_like
 from ..ops.reverse_step import reverse_step_with_x0
 from ..parameterization import DIFFUSERS_NAMES, alpha_sigma, x0_coeffs
-from ._diffusers_dropin import DropIn, threshold_scale
+from ._diffusers_dropin import DropIn, check_step_data, threshold_scale
 
 logger = logging.get_logger(__name__)
 
@@ -91,15 +90,7 @@ class _SigmaStep(DropIn):
         cache[device] = (state, table)
         return table
 
-    @staticmethod
-    def _vdm_check_data(op: str, model_output, sample) -> None:
-        _checks.data(op, "sample", sample)
-        _checks.data(op, "model_output", model_output)
-        if model_output.shape != sample.shape:
-            raise ValueError(f"{op}: model_output must have the shape of sample {tuple(sample.shape)}, "
-                             f"got {tuple(model_output.shape)}")
-        if model_output.device != sample.device:
-            raise ValueError(f"{op}: model_output is on {model_output.device} but sample is on {sample.device}")
+    _vdm_check_data = staticmethod(check_step_data)
 
     def _vdm_begin(self, timestep) -> int:
         """diffusers' step-index bookkeeping (the index of ``timestep`` on the first call)."""

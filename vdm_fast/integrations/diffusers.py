@@ -66,10 +66,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from .. import _checks
 from ..ops.q_sample import q_sample
 from ..ops.randn_like import randn_like
-from ..ops.reverse_step import reverse_step, reverse_step_with_x0
+from ..ops.reverse_step import reverse_step_with_x0
+from ..posterior import learned_range_log_variance
 from ..schedules import DiscreteSchedule
 from . import _diffusers_coeffs as coeffs
-from ._diffusers_dropin import NOISE_SOURCES, DropIn, threshold_scale
+from ._diffusers_dropin import NOISE_SOURCES, DropIn, check_step_data, threshold_scale
 from ._diffusers_solvers import (DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
                                  dpm_solver_unsupported)
 from .._namespace import public_dir
@@ -240,15 +241,7 @@ class _FusedReverseStep:
     def _vdm_valid_hint(self) -> str:
         return ""
 
-    @staticmethod
-    def _vdm_check_data(op: str, model_output, sample) -> None:
-        _checks.data(op, "sample", sample)
-        _checks.data(op, "model_output", model_output)
-        if model_output.shape != sample.shape:
-            raise ValueError(f"{op}: model_output must have the shape of sample {tuple(sample.shape)}, "
-                             f"got {tuple(model_output.shape)}")
-        if model_output.device != sample.device:
-            raise ValueError(f"{op}: model_output is on {model_output.device} but sample is on {sample.device}")
+    _vdm_check_data = staticmethod(check_step_data)
 
     @staticmethod
     def _vdm_per_sample(row: torch.Tensor, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -378,8 +371,7 @@ class DDPMScheduler(_FusedForwardProcess, _FusedReverseStep, _diffusers.DDPMSche
         else:  # learned_range: log-variance interpolated between the posterior's and beta_t's
             min_log = self._vdm_per_sample(cols[coeffs.MIN_LOG], pv, cdt)
             max_log = self._vdm_per_sample(cols[coeffs.MAX_LOG], pv, cdt)
-            frac = (pv + 1) / 2
-            std = torch.exp(0.5 * (frac * max_log + (1 - frac) * min_log))
+            std = torch.exp(0.5 * learned_range_log_variance(pv, min_log, max_log))
         return (std * noise.to(cdt)).to(noise.dtype)
 
 

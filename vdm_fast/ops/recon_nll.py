@@ -60,5 +60,11 @@ def recon_nll(x0: torch.Tensor, z0: torch.Tensor, alpha_0, sigma_0, decoder: str
         (B,) in float32 (float64 for float64 data); differentiable in z0, alpha_0, sigma_0.
         The fused kernels sum only the bins within float precision of the softmax's mass
         (csrc/recon_nll_math.h), all 256 when sigma_0/alpha_0 is large; memory is O(B·D).
+
+    VDM's decoder works on the rescaled latent z0 / alpha_0 = x + exp(gamma_0 / 2) eps (its
+    ``z_0_rescaled``) with logits -1/2 (z0/alpha_0 - c_k)² exp(-gamma_0). Its -log p is
+    ``recon_nll(x0, z0 / alpha_0, 1.0, exp(gamma_0 / 2))``, which equals
+    ``recon_nll(x0, z0, alpha_0, sigma_0)`` (sigma_0 / alpha_0 = exp(gamma_0 / 2): the logits are
+    the same numbers), so a VDM port may pass either latent (DESIGN.md §4.5).
     """
     return SPEC(x0, z0, alpha_0, sigma_0, decoder, backend=backend)
