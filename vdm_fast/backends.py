@@ -124,10 +124,20 @@ def resolve(backend: str | None, device: torch.device, op: str) -> str:
 _memo: dict[tuple, str] = {}
 
 
+_on_clear: list = []  # other caches of resolved choices (the ops' implementation memos)
+
+
+def on_clear(fn) -> None:
+    """Call ``fn()`` whenever :func:`clear_cache` runs (a cache derived from resolved choices)."""
+    _on_clear.append(fn)
+
+
 def clear_cache() -> None:
     """Forget every resolved choice (after changing VDM_FAST_BACKEND in-process, or in tests)."""
     _memo.clear()
     _resolve.cache_clear()
+    for fn in _on_clear:
+        fn()
 
 
 def available(device_type: str, op: str = "q_sample") -> list[str]:

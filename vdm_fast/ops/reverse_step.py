@@ -156,10 +156,56 @@ def _guidance_pair(z, cdt, tensor_name, tensor, scale_name, scale, kind):
     return tensor, _checks.per_sample(NAME, scale_name, scale, z.shape[0], z.device, cdt)
 
 
+def _plain_step(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, generator,
+                stochastic) -> bool:
+    """Whether a call is the common sampler step that needs no normalisation: z and model_out (and
+    noise) of one float32/float64 dtype, shape and device, coefficients already the (6, B) contiguous
+    tensor of that dtype there (the samplers' table rows), no guidance, a float clip or none, and
+    nothing that requires grad or carries a tangent (the general path raises for those)."""
+    if not (uncond is None and guidance_scale is None and classifier_grad is None and grad_scale is None):
+        return False
+    if type(z) is not torch.Tensor or type(model_out) is not torch.Tensor or type(coeffs) is not torch.Tensor:
+        return False
+    dtype, shape, device = z.dtype, z.shape, z.device
+    if dtype is not torch.float32 and dtype is not torch.float64:
+        return False
+    if not shape or model_out.dtype is not dtype or model_out.shape != shape or model_out.device != device:
+        return False
+    if noise is not None and (type(noise) is not torch.Tensor or noise.dtype is not dtype or noise.shape != shape
+                              or noise.device != device):
+        return False
+    if (coeffs.dtype is not dtype or coeffs.dim() != 2 or coeffs.shape[0] != 6 or coeffs.shape[1] != shape[0]
+            or coeffs.device != device or not coeffs.is_contiguous()):
+        return False
+    if clip is not None and (type(clip) is not float or not clip > 0):
+        return False
+    if not (stochastic is None or stochastic is True or stochastic is False):
+        return False
+    if stochastic is False and noise is not None:
+        return False
+    if not (generator is None or type(generator) is torch.Generator):
+        return False
+    if torch.is_grad_enabled() and (z.requires_grad or model_out.requires_grad or coeffs.requires_grad
+                                    or (noise is not None and noise.requires_grad)):
+        return False
+    return _autodiff.fwAD._current_level < 0 and not torch.compiler.is_compiling()
+
+
+def _seed(noise, stochastic, coeffs_arg, coeffs, generator):
+    """The Philox seed the kernel draws the step's noise from, or None (noise given, or no noise)."""
+    if noise is None and stochastic is not False and _draws_noise(coeffs_arg, coeffs, stochastic):
+        return draw_seed(generator, NAME)
+    return None
+
+
 def _prepare(z, model_out, coeffs, *, uncond=None, guidance_scale=None, classifier_grad=None, grad_scale=None,
              clip=None, noise=None, generator=None, stochastic=None) -> tuple:
     """reverse_step's public arguments checked (errors name the argument) and normalised into the
     native op's: coefficients (6, B) in the compute dtype, guidance pairs, clip, noise or a drawn seed."""
+    if _plain_step(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, generator,
+                   stochastic):  # a sampler's step: checked in place, nothing to convert (DESIGN.md §4.11)
+        return (z, model_out, coeffs, None, None, None, None, clip, noise,
+                _seed(noise, stochastic, coeffs, coeffs, generator), 0)
     # Mixed dtypes (a bfloat16 model's output next to a float32 latent) are computed and returned
     # in the promoted dtype (DESIGN.md §4.13).
     (z, model_out, uncond, classifier_grad, noise), dtype = _checks.promoted_data(
@@ -190,9 +236,7 @@ def _prepare(z, model_out, coeffs, *, uncond=None, guidance_scale=None, classifi
                              (z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, noise))
     if stochastic is False and noise is not None:
         raise ValueError(f"{NAME}: stochastic=False but noise was given; pass one or the other")
-    seed = None
-    if noise is None and stochastic is not False and _draws_noise(coeffs_arg, coeffs, stochastic):
-        seed = draw_seed(generator, NAME)  # the kernel draws the noise from it
+    seed = _seed(noise, stochastic, coeffs_arg, coeffs, generator)  # the kernel draws the noise from it
     return z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, seed, 0
 
 
