@@ -1,12 +1,15 @@
-"""Per-sample sums do not lose small terms next to large ones (issue 18, item 2).
+"""Per-sample sums do not lose small terms next to large ones (issue 18, item 2), in every reduction.
 
 Each sample holds, at the start of every 1024-element block, one large term (about 100 nats for
-discretized_gaussian_nll, 800 for recon_nll) and then 1023 small ones (6e-7, 7.5e-6) below half an
-ulp of it in float32. A float32 running sum absorbs every small term once it holds a large one: a
-bias of 6e-4 (8e-3) nats per block, 5e-6 (2e-6) of the sum. The
-per-element terms are computed in float32 (a few ulps each), so against the float64 truth the
-float32 kernel must agree within 8 * 2^-24 (5e-7) of the sum of the terms' magnitudes: a bound the
-absorbed-sum bias exceeds ten times, and that any correctly rounded accumulation meets.
+discretized_gaussian_nll and the squared-error sums, 800 for recon_nll, 10 for q_sample's gradient
+sums) and then 1023 small ones below half an ulp of it in float32. A float32 running sum absorbs
+every small term once it holds a large one: a bias of 6e-4 nats per block in discretized_gaussian_nll
+(5e-6 of the sum), 8e-3 in recon_nll. The per-element terms are computed in float32 (a few ulps
+each), so against the float64 truth a float32 kernel must agree within 8 * 2^-24 (5e-7) of the sum
+of the terms' magnitudes: a bound the absorbed-sum bias exceeds, and that any correctly rounded
+accumulation meets. Scalar loops (the compute-bound ops, q_sample's backward sums) now sum in double;
+vectorised loops (sq_error, prior_kl) keep float partials per SIMD lane over a block, which absorb
+at most the small terms that share a lane with a large one, within the bound.
 """
 
 from __future__ import annotations
@@ -80,3 +83,53 @@ def test_recon_nll_keeps_small_terms(backend):
     got = vdm_fast.recon_nll(x.float().to(device), z.float().to(device), alpha.float().to(device),
                              sigma.float().to(device), backend=name)
     _check(got, terms, 1e-5, 500)
+
+
+# --- the bandwidth-bound reductions: lane-parallel float partials over blocks, combined in double ----------------
+#
+# One large term (a residual of 10: 100) at the start of every 1024-element block, tiny ones (a residual of
+# 7.7e-4: 6e-7) elsewhere, all exactly representable products of float32 inputs (x = 0 or r), so the
+# per-element terms carry one rounding each and the float64 truth is exact.
+
+
+def _large_and_tiny(batch: int, tiny: float = 7.75e-4) -> torch.Tensor:
+    return torch.where(_large_at_block_starts(batch), 10.0, tiny).double()
+
+
+@pytest.mark.parametrize("backend", backend_params("sq_error", include_reference=True))
+def test_sq_error_keeps_small_terms(backend):
+    name, device = backend
+    r = _large_and_tiny(2)
+    x0, noise = torch.zeros_like(r), torch.zeros_like(r)
+    alpha, sigma = torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    got = vdm_fast.sq_error(r.float().to(device), x0.float().to(device), noise.float().to(device),
+                            alpha.float().to(device), sigma.float().to(device), "x0", backend=name)
+    _check(got, r.float().double() ** 2, 9e-7, 50)
+
+
+@pytest.mark.parametrize("backend", backend_params("prior_kl", include_reference=True))
+def test_prior_kl_keeps_small_terms(backend):
+    name, device = backend
+    x = _large_and_tiny(2)
+    one = torch.ones(2)
+    got = vdm_fast.prior_kl(x.float().to(device), one.to(device), one.to(device), backend=name)  # 1/2 sum x²
+    _check(got, 0.5 * x.float().double() ** 2, 9e-7 / 2, 50 / 2)
+
+
+@pytest.mark.parametrize("backend", backend_params("gaussian_kl", include_reference=True))
+def test_gaussian_kl_keeps_small_terms(backend):
+    name, device = backend
+    m = _large_and_tiny(2)
+    zero = torch.zeros_like(m).float().to(device)
+    got = vdm_fast.gaussian_kl(m.float().to(device), zero, zero, zero, backend=name)  # equal variances: 1/2 sum m²
+    _check(got, 0.5 * m.float().double() ** 2, 9e-7 / 2, 50 / 2)
+
+
+@pytest.mark.parametrize("backend", backend_params("q_sample", include_reference=True))
+def test_q_sample_backward_keeps_small_terms(backend):
+    name, device = backend
+    x = _large_and_tiny(2, tiny=2e-7).float().to(device)  # linear terms: 2e-7 is below half an ulp of 10
+    alpha = torch.ones(2, device=device, requires_grad=True)
+    sigma = torch.ones(2, device=device)
+    vdm_fast.q_sample(x, alpha, sigma, torch.zeros_like(x), backend=name).sum().backward()  # d/d alpha = sum x
+    _check(alpha.grad, x.double().cpu(), 3e-7, 8)

@@ -32,11 +32,12 @@ void q_sample_segment(scalar_t* __restrict z, const scalar_t* __restrict x0, con
 }
 
 // Writes grad_x0 / grad_noise (either may be null) and returns the segment's sums of grad*x0 and
-// grad*noise (computed only when wanted).
+// grad*noise (computed only when wanted), summed in double: the loop is scalar, and a float running
+// sum absorbs the products below half an ulp of a large partial (tests/test_accurate_sums.py).
 template <typename scalar_t, typename acc_t>
 void q_sample_backward_segment(scalar_t* __restrict gx, scalar_t* __restrict gn, const scalar_t* __restrict g,
                                const scalar_t* __restrict x0, const scalar_t* __restrict noise, acc_t alpha,
-                               acc_t sigma, bool want_sums, int64_t n, acc_t* sums) {
+                               acc_t sigma, bool want_sums, int64_t n, double* sums) {
   if (gx) {
     for (int64_t i = 0; i < n; ++i) gx[i] = static_cast<scalar_t>(alpha * static_cast<acc_t>(g[i]));
   }
@@ -44,11 +45,11 @@ void q_sample_backward_segment(scalar_t* __restrict gx, scalar_t* __restrict gn,
     for (int64_t i = 0; i < n; ++i) gn[i] = static_cast<scalar_t>(sigma * static_cast<acc_t>(g[i]));
   }
   if (want_sums) {
-    acc_t sx = 0, sn = 0;
+    double sx = 0, sn = 0;
     for (int64_t i = 0; i < n; ++i) {
       const acc_t gi = static_cast<acc_t>(g[i]);
-      sx += gi * static_cast<acc_t>(x0[i]);
-      sn += gi * static_cast<acc_t>(noise[i]);
+      sx += static_cast<double>(gi * static_cast<acc_t>(x0[i]));
+      sn += static_cast<double>(gi * static_cast<acc_t>(noise[i]));
     }
     sums[0] = sx;
     sums[1] = sn;
@@ -88,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> q_sample_backward_cpu
     const std::vector<double> sums = reduce_per_sample<2>(B, D, [&](int64_t b, int64_t begin, int64_t end, double* out) {
       for (int64_t i = begin; i < end; i += kSumBlock) {
         const int64_t len = std::min(kSumBlock, end - i);
-        acc part[2] = {0, 0};
+        double part[2] = {0, 0};
         with_cpu_isa([&] {
           q_sample_backward_segment<scalar_t, acc>(p.gx ? p.gx + i : nullptr, p.gn ? p.gn + i : nullptr, p.g + i,
                                                    p.x + i, p.n + i, p.alpha[b], p.sigma[b], in.want_sums, len, part);
