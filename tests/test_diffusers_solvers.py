@@ -166,3 +166,16 @@ def test_config_round_trip_and_accelerate(tmp_path):
     pipe = ours.accelerate(diffusers.DDPMPipeline(unet, diffusers.DPMSolverMultistepScheduler()))
     assert type(pipe.scheduler) is ours.DPMSolverMultistepScheduler
     assert pipe.config.scheduler == ("diffusers", "DPMSolverMultistepScheduler")
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_tables_follow_set_timesteps(kind):
+    """The cached coefficient table is rebuilt when set_timesteps replaces the sigmas."""
+    theirs, mine = _pair(kind, {}, steps=5)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(6)) * theirs.init_noise_sigma
+    _run(theirs, x), _run(mine, x)  # both tables built for 5 steps
+    theirs.set_timesteps(STEPS)
+    mine.set_timesteps(STEPS)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(7)) * theirs.init_noise_sigma
+    (a, _), (b, _) = _run(theirs, x), _run(mine, x)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-5 * a.abs().max().item())

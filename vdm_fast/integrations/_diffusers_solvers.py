@@ -82,12 +82,14 @@ class _SigmaStep(DropIn):
         ``self.sigmas`` is replaced or written in place (its version counter) or ``key`` changes."""
         cache = self.__dict__.setdefault("_vdm_fast_tables", {})
         sigmas = self.sigmas
-        state = (id(sigmas), None if sigmas.is_inference() else sigmas._version, key)
-        hit = cache.get(device)
+        state = (id(sigmas), None if sigmas.is_inference() else sigmas._version)
+        hit = cache.get((device, key))
         if hit is not None and hit[0] == state and not torch.compiler.is_compiling():
             return hit[1]
+        if len(cache) >= 16:  # a few variants (DPM-Solver's first and second order) per device
+            cache.clear()
         table = build(_gammas(sigmas)).to(device)
-        cache[device] = (state, table)
+        cache[(device, key)] = (state, table)
         return table
 
     _vdm_check_data = staticmethod(check_step_data)
