@@ -167,12 +167,16 @@ def test_karras_times_on_a_table_are_diffusers_karras_timesteps():
     table = schedules.DiscreteSchedule(theirs.betas.double())
     times = karras.karras_times(table, 12)
     assert times[-1] == -1 and times.dtype == torch.float64
+    torch.testing.assert_close(karras.karras_times(karras.FractionalSchedule(table), 12), times, rtol=0, atol=0)
     # diffusers builds its sigmas from a float32 alphas_cumprod: 1 - abar near t = 0 (about 1e-4) carries
     # float32 rounding of abar (6e-8) divided by it, up to ~1e-3 relative in sigma². Fractional timesteps
     # agree to 1% of a timestep and sigmas to 1e-4 relative (measured 5e-3 and 4e-5).
     torch.testing.assert_close(times[:-1], theirs.timesteps.double(), rtol=0, atol=1e-2)
-    sig = torch.exp(gammas(table, times) / 2)
+    sig = torch.exp(gammas(karras.FractionalSchedule(table), times) / 2)
     torch.testing.assert_close(sig, theirs.sigmas.double(), rtol=1e-4, atol=0)
+    # a plain table refuses float times (continuous times in [0, 1] passed by mistake would read 0..1)
+    with pytest.raises(TypeError, match="FractionalSchedule"):
+        gammas(table, times)
 
 
 @pytest.mark.parametrize("schedule", [schedules.LinearGamma(-10.0, 6.0), schedules.MonotoneGamma(-8.0, 5.0)],
@@ -265,7 +269,7 @@ def test_euler_ancestral_equals_diffusers_with_its_noise_and_the_loop_draws_rand
     theirs.set_timesteps(15)
     table = schedules.DiscreteSchedule(theirs.betas.double())
     times = karras.karras_times(table, 15)
-    g = gammas(table, times)
+    g = gammas(karras.FractionalSchedule(table), times)
     theirs.sigmas = torch.exp(g / 2)  # their Karras grid, in float64
     model = default_gmm().model(table, "eps")
 
@@ -290,7 +294,8 @@ def test_euler_ancestral_equals_diffusers_with_its_noise_and_the_loop_draws_rand
     # diffusers' step rounds the sample to float32 on every step (as in test_loop_equals_diffusers_scheduler)
     torch.testing.assert_close(z, x, rtol=0, atol=15 * 4 * 2.0**-24 * x.abs().max().item())
     # the loop draws its noise in the kernel: randn_like's stream of the same generator
-    got = samplers.sample_euler_ancestral(lambda z, t: model(z, t.round().long()), z0, table, times,
+    got = samplers.sample_euler_ancestral(lambda z, t: model(z, t.round().long()), z0,
+                                          karras.FractionalSchedule(table), times,
                                           generator=torch.Generator().manual_seed(7))
     gen = torch.Generator().manual_seed(7)
     z = z0.clone()
@@ -346,19 +351,23 @@ def test_gmm_karras_grid_continuous(target, sampler, steps):
 def test_gmm_karras_grid_discrete_fractional_timesteps(target):
     gmm, x = target
 
+    fractional = karras.FractionalSchedule(DISCRETE)
+
     def model(z, t):  # the exact model at fractional timesteps: the mixture's eps at the interpolated level
-        alpha, sigma = alpha_sigma(gammas(DISCRETE, t))
+        alpha, sigma = alpha_sigma(gammas(fractional, t))
         return gmm.model(karras.SigmaSchedule(), "eps")(z, (sigma / alpha).to(z.dtype))
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(N, 2, generator=gen)
     # Euler-ancestral is first order: like ancestral sampling it needs ~100 steps here (25 give a
     # covariance 0.2 off), as test_samplers' ancestral runs.
-    out = samplers.sample_euler_ancestral(model, z, DISCRETE, karras.karras_times(DISCRETE, 100), generator=gen)
+    out = samplers.sample_euler_ancestral(model, z, fractional, karras.karras_times(DISCRETE, 100), generator=gen)
     check_matches(out, gmm, x)
 
 
-def test_gmm_k_diffusion_denoiser_on_sigma_schedule(target):
-    """A k-diffusion model D(x̃, sigmã) plugged in with from_denoiser, EDM's grid (sigma 0.002..80)."""
+@pytest.mark.parametrize("sampler", [samplers.sample_dpmpp_2m, samplers.sample_ode], ids=["dpmpp_2m", "heun"])
+def test_gmm_k_diffusion_denoiser_on_sigma_schedule(target, sampler):
+    """A k-diffusion model D(x̃, sigmã) plugged in with from_denoiser, EDM's grid (sigma 0.002..80,
+    then 0: Heun takes the Euler step to the clean level, as EDM's Alg. 1)."""
     gmm, x = target
     exact_x0 = gmm.model(karras.SigmaSchedule(), "x0")
 
@@ -369,8 +378,7 @@ def test_gmm_k_diffusion_denoiser_on_sigma_schedule(target):
     sigmas = karras.karras_sigmas(20, 0.002, 80.0)
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(N, 2, generator=gen) * (80.0 / math.sqrt(1 + 80.0**2))
-    out = samplers.sample_dpmpp_2m(karras.from_denoiser(denoiser), z, karras.SigmaSchedule(), sigmas,
-                                   parameterization="x0")
+    out = sampler(karras.from_denoiser(denoiser), z, karras.SigmaSchedule(), sigmas, parameterization="x0")
     check_matches(out, gmm, x)
 
 

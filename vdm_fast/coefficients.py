@@ -37,7 +37,6 @@ import torch
 from .parameterization import (alpha_ratio, alpha_sigma, alpha_sigma_squared, eps_coeffs,
                                one_minus_alpha_sq_ratio, one_minus_snr_ratio, score_coeffs, sigma_ratio, snr,
                                snr_ratio, x0_coeffs)
-from .karras import interpolated_gamma
 from .schedules import DiscreteSchedule, Schedule
 from ._namespace import public_dir
 
@@ -84,18 +83,16 @@ def gammas(schedule, times: torch.Tensor, dtype: torch.dtype = BUILD_DTYPE) -> t
     any schedule with ``gamma(t)``.
 
     Integer ``times`` on a ``DiscreteSchedule`` index its (float64) table; negative timesteps give
-    -inf (the clean level); float times there are fractional timesteps (``karras.karras_times``),
-    linear in gamma between entries (``karras.interpolated_gamma``). vdm_fast's schedules, learned
-    ones included, evaluate in ``dtype``;
+    -inf (the clean level); fractional timesteps (a Karras grid, ``karras.karras_times``) need
+    ``karras.FractionalSchedule(table)``. vdm_fast's schedules, learned ones included, evaluate in
+    ``dtype``;
     any other object with ``gamma(t)`` is called with float times cast to its own dtype (an
     nn.Module's parameters', else ``dtype``; integer times as they are) and its result is cast to
     ``dtype``. Learned schedules are evaluated without
     building a graph only if the caller is under ``torch.no_grad`` (the loops are).
     """
     times = torch.as_tensor(times)
-    if isinstance(schedule, DiscreteSchedule):
-        if times.is_floating_point():  # fractional timesteps (a Karras grid): linear in gamma between entries
-            return interpolated_gamma(schedule, times, dtype)
+    if isinstance(schedule, DiscreteSchedule) and not times.is_floating_point():
         g = schedule.gamma(times.clamp(min=0), dtype)
         return torch.where(times < 0, torch.full_like(g, -float("inf")), g)
     if not hasattr(schedule, "gamma"):

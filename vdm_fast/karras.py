@@ -8,8 +8,9 @@ same process (DESIGN.md §2), and this module translates:
 - :class:`SigmaSchedule`: sigmã itself as the time variable (t = sigmã, gamma(t) = 2 log t, t = 0
   the clean level), so a k-diffusion grid of sigmas *is* a ``times`` grid for the samplers.
 - :func:`karras_sigmas` (EDM eq. 5, k-diffusion's ``get_sigmas_karras``) and :func:`karras_times`,
-  the same levels as times of any schedule: fractional timesteps of a ``DiscreteSchedule`` (what
-  diffusers' ``use_karras_sigmas`` feeds the model), times in [0, 1] of a continuous one.
+  the same levels as times of any schedule: fractional timesteps of a table (what diffusers'
+  ``use_karras_sigmas`` feeds the model), run on :class:`FractionalSchedule` (the table read between
+  its entries), times in [0, 1] of a continuous schedule.
 - :func:`from_denoiser`: a k-diffusion model D(x̃, sigmã) as a vdm_fast ``model(z, t)`` on
   :class:`SigmaSchedule` (parameterization ``"x0"``), so it runs in every sampler of
   ``vdm_fast.samplers``; :class:`Denoiser` goes the other way (a vdm_fast model and schedule as
@@ -83,6 +84,30 @@ def interpolated_gamma(schedule: DiscreteSchedule, t: torch.Tensor, dtype: torch
     return torch.where(t < 0, torch.full_like(g, -float("inf")), g).to(dtype)
 
 
+class FractionalSchedule(Schedule):
+    """A ``DiscreteSchedule`` read at fractional timesteps: gamma(t) for float t in [0, T-1] is
+    :func:`interpolated_gamma` (linear between neighbouring entries, i.e. in log sigmã), t < 0 the
+    clean level; integer t index the table as before. The schedule a Karras grid of a table
+    (:func:`karras_times`) runs on: a plain ``DiscreteSchedule`` refuses float times, so that
+    continuous times in [0, 1] passed to a table by mistake raise rather than read timesteps 0..1."""
+
+    def __init__(self, table: DiscreteSchedule):
+        if not isinstance(table, DiscreteSchedule):
+            raise TypeError(f"table must be a DiscreteSchedule, got {type(table).__name__}")
+        self.table = table
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.table.num_timesteps
+
+    def gamma(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            g = self.table.gamma(t.clamp(min=0), dtype)
+            return torch.where(t < 0, torch.full_like(g, -float("inf")), g)
+        return interpolated_gamma(self.table, t, dtype)
+
+
 def times_for_gammas(schedule, gamma: torch.Tensor) -> torch.Tensor:
     """The times at which ``schedule`` reaches the levels ``gamma`` (float64 tensor, any shape):
     sigmã = exp(gamma/2) for :class:`SigmaSchedule`; fractional timesteps for a ``DiscreteSchedule``
@@ -92,6 +117,8 @@ def times_for_gammas(schedule, gamma: torch.Tensor) -> torch.Tensor:
     g = torch.as_tensor(gamma, dtype=torch.float64)
     if isinstance(schedule, SigmaSchedule):
         return torch.exp(0.5 * g)
+    if isinstance(schedule, FractionalSchedule):
+        schedule = schedule.table
     if isinstance(schedule, DiscreteSchedule):
         table = schedule.gammas.to(g.device)
         last = schedule.num_timesteps - 1
@@ -124,9 +151,10 @@ def karras_times(schedule, steps: int, *, rho: float = 7.0, sigma_min: float | N
     """The Karras grid of :func:`karras_sigmas` as ``times`` of ``schedule``, for the samplers.
 
     - :class:`SigmaSchedule`: the sigmas themselves, ending in 0 (the last step denoises).
-    - ``DiscreteSchedule``: fractional timesteps (float64), followed by -1 (the clean level), as
-      diffusers' schedulers with ``use_karras_sigmas=True`` set them; the model receives fractional
-      timesteps. sigma_min/sigma_max default to the table's first and last sigmã.
+    - ``DiscreteSchedule`` (or a :class:`FractionalSchedule` of one): fractional timesteps (float64),
+      followed by -1 (the clean level), as diffusers' schedulers with ``use_karras_sigmas=True`` set
+      them; run them on ``FractionalSchedule(table)``; the model receives fractional timesteps.
+      sigma_min/sigma_max default to the table's first and last sigmã.
     - continuous schedules (anything else with an increasing ``gamma(t)`` on [0, 1]): times in
       [0, 1] (float64) from 1 down to the time of sigma_min, with no clean level appended (the other
       continuous grids end at t = 0 too); the range defaults to [sigmã(0), sigmã(1)].
@@ -135,6 +163,8 @@ def karras_times(schedule, steps: int, *, rho: float = 7.0, sigma_min: float | N
         if sigma_min is None or sigma_max is None:
             raise ValueError("SigmaSchedule: karras_times needs sigma_min and sigma_max")
         return karras_sigmas(steps, sigma_min, sigma_max, rho, device=device)
+    if isinstance(schedule, FractionalSchedule):
+        schedule = schedule.table
     if isinstance(schedule, DiscreteSchedule):
         ends = torch.exp(0.5 * schedule.gammas[[0, -1]])
     else:
@@ -194,6 +224,6 @@ class Denoiser:
         return (_as_batch(a_z, x) * z.double() + _as_batch(a_m, x) * m.double()).to(x.dtype)
 
 
-__all__ = ["SigmaSchedule", "karras_sigmas", "karras_times", "interpolated_gamma", "times_for_gammas",
-           "from_denoiser", "Denoiser"]
+__all__ = ["SigmaSchedule", "FractionalSchedule", "karras_sigmas", "karras_times", "interpolated_gamma",
+           "times_for_gammas", "from_denoiser", "Denoiser"]
 __dir__ = public_dir(__all__)

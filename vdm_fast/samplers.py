@@ -48,6 +48,7 @@ from .coefficients import (BUILD_DTYPE, ancestral_coeffs, annealed_langevin_step
                            discrete_times, dpmpp_2m_coeffs, euler_ancestral_coeffs, gammas, langevin_coeffs,
                            langevin_corrector_coeffs, ode_euler_coeffs, ode_heun_coeffs, reverse_diffusion_coeffs,
                            uniform_times, unipc_corrector_coeffs)
+from .karras import FractionalSchedule, SigmaSchedule
 from .ops.randn_like import randn_like
 from .ops.reverse_step import reverse_step, reverse_step_with_x0
 from .parameterization import PARAMETERIZATIONS, alpha_sigma, check, eps_coeffs, score_coeffs, x0_coeffs
@@ -539,24 +540,34 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
+def _may_reach_clean(schedule, times: torch.Tensor) -> bool:
+    """Whether a grid can end at the clean level (gamma = -inf): integer timesteps of a table (-1),
+    a table read at fractional timesteps (t < 0) or sigmã = 0 on a SigmaSchedule. Continuous
+    schedules on [0, 1] stop at gamma(0), finite."""
+    if isinstance(schedule, DiscreteSchedule):
+        return not times.is_floating_point()
+    return isinstance(schedule, (FractionalSchedule, SigmaSchedule))
+
+
 def sample_ode(model, z: torch.Tensor, schedule, times, *, method: str = "heun", parameterization: str = "eps",
                guidance_scale=None, classifier=None, classifier_scale=None, clip: float | None = None,
                progress: bool = False, callback: Callable | None = None, backend: str | None = None) -> torch.Tensor:
     """Deterministic sampling with the probability-flow ODE: ``method`` "euler" (one model call
     per step, :func:`ode_euler_coeffs`) or "heun" (two, :func:`ode_heun_coeffs`; two reverse_step
     calls per step, the second taking z_t through its noise slot). Heun's correction is skipped on
-    a step to the clean level (a discrete grid ending in -1), decided once before the loop (the
-    one host read of a sampler here, and only for integer grids)."""
+    a step to the clean level (a discrete grid ending in -1, sigma 0 on a Karras grid), decided
+    once before the loop (the one host read of a sampler here, and only for grids that can end
+    clean: ``_may_reach_clean``)."""
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     grid = _Grid(schedule, times, z)
     ev = _Evaluator(model, parameterization, guidance_scale, classifier, classifier_scale, z)
     last_clean = False
-    if method == "heun" and not grid.times.is_floating_point():
-        last = grid.times[-1]
-        last_clean = bool((last < 0).all().item())  # once, before the loop
-        if not last_clean and bool((last < 0).any().item()):
-            raise ValueError("sample_ode: the last level must be clean (t < 0) for all samples or for none")
+    if method == "heun" and _may_reach_clean(schedule, grid.times):
+        clean = torch.isneginf(grid.gamma[-1])
+        last_clean = bool(clean.all().item())  # once, before the loop
+        if not last_clean and bool(clean.any().item()):
+            raise ValueError("sample_ode: the last level must be clean (t < 0, or sigma 0) for all samples or for none")
     with torch.no_grad():
         euler = grid.step_table(lambda gt, gs: ode_euler_coeffs(gt, gs, parameterization))
         heun = grid.step_table(lambda gt, gs: ode_heun_coeffs(gt, gs, parameterization))

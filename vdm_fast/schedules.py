@@ -151,7 +151,8 @@ class DiscreteSchedule(Schedule):
     def _index(self, t) -> torch.Tensor:
         t = torch.as_tensor(t)
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(f"t must hold integer timesteps 0..{self.num_timesteps - 1}, got dtype {t.dtype}")
+            raise TypeError(f"t must hold integer timesteps 0..{self.num_timesteps - 1}, got dtype {t.dtype} "
+                            "(fractional timesteps, e.g. a Karras grid: vdm_fast.karras.FractionalSchedule(schedule))")
         t = t.long()
         if t.numel():
             # Out-of-range timesteps would index out of bounds (or, if negative, wrap around
