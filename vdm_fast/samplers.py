@@ -234,10 +234,10 @@ def _sample_learned_range(model, z, schedule, times, *, parameterization, guidan
     if not isinstance(schedule, DiscreteSchedule):
         raise TypeError(f"{op}: schedule must be a DiscreteSchedule (the range is log beta_t to the posterior's "
                         f"log-variance of a discrete table), got {type(schedule).__name__}")
-    grid = _Grid(schedule, times, z)
-    if grid.times.is_floating_point():
+    if torch.as_tensor(times).is_floating_point():  # before the grid: the table would refuse them less clearly
         raise TypeError(f"{op}: times must hold integer timesteps of the table (e.g. discrete_times), got "
-                        f"{grid.times.dtype}")
+                        f"{torch.as_tensor(times).dtype}")
+    grid = _Grid(schedule, times, z)
     if grid.steps < 2:
         raise ValueError(f"{op}: times must have at least 2 steps (the clipped log-variance of the step to the "
                          f"clean level is the previous step's), got {grid.steps}")
