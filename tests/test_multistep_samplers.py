@@ -200,6 +200,9 @@ def test_interpolated_gamma_is_linear_in_log_sigma():
     torch.testing.assert_close(karras.times_for_gammas(table, g), t, rtol=0, atol=1e-12)
     with pytest.raises(RuntimeError, match="fractional timesteps must lie in"):
         karras.interpolated_gamma(table, torch.tensor([49.5], dtype=torch.float64))
+    # integer timesteps on FractionalSchedule read the table's entries exactly, -1 the clean level
+    ints = torch.tensor([49, 17, 0, -1])
+    assert torch.equal(karras.FractionalSchedule(table).gamma(ints, torch.float64), gammas(table, ints))
 
 
 def test_denoiser_round_trip_and_sigma_schedule():

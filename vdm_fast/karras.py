@@ -101,10 +101,8 @@ class FractionalSchedule(Schedule):
         return self.table.num_timesteps
 
     def gamma(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        t = torch.as_tensor(t)
-        if not t.is_floating_point():
-            g = self.table.gamma(t.clamp(min=0), dtype)
-            return torch.where(t < 0, torch.full_like(g, -float("inf")), g)
+        # Integer timesteps need no branch of their own: the interpolation weight is 0 there, and
+        # lerp returns the entry exactly.
         return interpolated_gamma(self.table, t, dtype)
 
 
