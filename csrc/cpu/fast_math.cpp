@@ -1,0 +1,45 @@
+// vdm_fast::fast_math(fn, x): the float32 functions of csrc/cpu/fast_math.h applied elementwise, so
+// their error bounds can be tested over every float32 input (tests/test_fast_math.py). Runs the
+// copy of the loop that the kernels run (with_cpu_isa), so the test sees the rounding they get.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "cpu/fast_math.h"
+#include "cpu/isa.h"
+
+namespace vdm_fast {
+namespace cpu {
+namespace {
+
+template <float (*F)(float)>
+void apply(const float* __restrict x, float* __restrict y, int64_t n) {
+  with_cpu_isa([&] {
+    for (int64_t i = 0; i < n; ++i) y[i] = F(x[i]);
+  });
+}
+
+at::Tensor fast_math(c10::string_view fn, const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "fast_math: x must be float32, got ", x.scalar_type());
+  TORCH_CHECK(x.device().is_cpu(), "fast_math: x must be on the CPU, got ", x.device());
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty_like(xc);
+  const float* xp = xc.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  if (fn == "exp") {
+    apply<fmath::exp_f>(xp, yp, xc.numel());
+  } else if (fn == "log") {
+    apply<fmath::log_f>(xp, yp, xc.numel());
+  } else {
+    TORCH_CHECK(false, "fast_math: fn must be 'exp' or 'log', got '", std::string(fn), "'");
+  }
+  return y;
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace vdm_fast
+
+TORCH_LIBRARY_FRAGMENT(vdm_fast, m) { m.def("fast_math(str fn, Tensor x) -> Tensor"); }
+TORCH_LIBRARY_IMPL(vdm_fast, CPU, m) { m.impl("fast_math", &vdm_fast::cpu::fast_math); }
