@@ -15,6 +15,7 @@ timed with ``vdm_fast_noise="philox"`` (``+philox``: the noise drawn inside the 
 
 from __future__ import annotations
 
+import math
 import torch
 
 from .. import backends
@@ -62,7 +63,7 @@ def _step_case(kind: str, shape, device: str, step_kw: dict) -> Case | None:
     noisy = kind == "DDPMScheduler" or step_kw.get("eta", 0) > 0
     # read sample and model_output (and the noise), write prev_sample and pred_original_sample
     nbytes = (4 + noisy) * sample.numel() * sample.element_size()
-    return Case(f"{kind}.step", f"{tuple(shape)} fp32", nbytes, providers, device=device, ours=tuple(ours),
+    return Case(f"{kind}.step", f"{tuple(shape)} fp32", nbytes, providers, device=device, elements=math.prod(shape), ours=tuple(ours),
                 baselines=("diffusers",))
 
 
@@ -83,7 +84,7 @@ def _add_noise_case(shape, device: str) -> Case | None:
         ours.append(name)
     providers["diffusers"] = lambda: theirs.add_noise(x0, noise, t)
     nbytes = 3 * x0.numel() * x0.element_size()  # read x0 and noise, write z
-    return Case("DDPMScheduler.add_noise", f"{tuple(shape)} fp32", nbytes, providers, device=device,
+    return Case("DDPMScheduler.add_noise", f"{tuple(shape)} fp32", nbytes, providers, device=device, elements=math.prod(shape),
                 ours=tuple(ours), baselines=("diffusers",))
 
 
@@ -133,7 +134,7 @@ def _sigma_step_case(kind: str, shape, device: str) -> Case | None:
     # prev_sample and x̂ (diffusers' Euler schedulers return x̂; DPM-Solver keeps it as history)
     reads = 2 + (history is not None or kind == "EulerAncestralDiscreteScheduler")
     nbytes = (reads + 2) * sample.numel() * sample.element_size()
-    return Case(f"{kind}.step", f"{tuple(shape)} fp32", nbytes, providers, device=device, ours=tuple(ours),
+    return Case(f"{kind}.step", f"{tuple(shape)} fp32", nbytes, providers, device=device, elements=math.prod(shape), ours=tuple(ours),
                 baselines=("diffusers",))
 
 

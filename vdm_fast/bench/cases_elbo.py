@@ -5,6 +5,7 @@ is the ELBO's own work: q_sample twice, sq_error, recon_nll (256-way softmax), p
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -42,7 +43,7 @@ def _case(shape, device: str) -> Case:
     providers = {"vdm_fast": lambda: step(None), "eager": lambda: step("reference")}
     # Approximate minimal traffic of the ELBO ops, forward (12 tensor passes) + backward (~12).
     nbytes = 24 * x0.numel() * x0.element_size()
-    return Case("elbo", f"train step {tuple(shape)} fp32", nbytes, providers, device=device, ours=("vdm_fast",),
+    return Case("elbo", f"train step {tuple(shape)} fp32", nbytes, providers, device=device, elements=math.prod(shape), ours=("vdm_fast",),
                 baselines=("eager",))
 
 

@@ -3,6 +3,7 @@ drawing the noise eagerly then q_sample (eager, torch.compile, diffusers' add_no
 
 from __future__ import annotations
 
+import math
 import torch
 
 from .. import backends, reference
@@ -27,7 +28,7 @@ def _randn_case(shape, device: str, compiled_randn) -> Case:
         ours.append(f"vdm_fast[{backend}]")
     providers["eager"] = lambda: torch.randn(shape, device=device)
     providers["torch.compile"] = lambda: compiled_randn(x)
-    return Case("randn_like", f"{tuple(shape)} fp32", x.numel() * x.element_size(), providers, device=device,
+    return Case("randn_like", f"{tuple(shape)} fp32", x.numel() * x.element_size(), providers, device=device, elements=math.prod(shape),
                 ours=tuple(ours))
 
 
@@ -60,7 +61,7 @@ def _q_sample_randn_case(shape, device: str, compiled_ref) -> Case:
     if diff is not None:
         providers["diffusers"] = diff
     nbytes = 3 * x0.numel() * x0.element_size()  # read x0, write z and the noise
-    return Case("q_sample_randn", f"{tuple(shape)} fp32", nbytes, providers, device=device, ours=tuple(ours))
+    return Case("q_sample_randn", f"{tuple(shape)} fp32", nbytes, providers, device=device, elements=math.prod(shape), ours=tuple(ours))
 
 
 # The ops whose benchmarks this module writes by hand (vdm-fast bench derives the others').

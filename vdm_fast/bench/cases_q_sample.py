@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import torch
 
 from .. import backends, reference
@@ -41,7 +42,7 @@ def _case(shape, device: str, compiled_ref) -> Case:
     if diff is not None:
         providers["diffusers"] = diff
     nbytes = 3 * x0.numel() * x0.element_size()  # read x0 and noise, write z
-    return Case("q_sample", f"{tuple(shape)} fp32", nbytes, providers, device=device, ours=tuple(ours))
+    return Case("q_sample", f"{tuple(shape)} fp32", nbytes, providers, device=device, elements=math.prod(shape), ours=tuple(ours))
 
 
 # The ops whose benchmarks this module writes by hand (vdm-fast bench derives the others').

@@ -16,6 +16,7 @@ the OS on free, so they are.
 
 from __future__ import annotations
 
+import math
 import json
 import subprocess
 import sys
@@ -99,7 +100,30 @@ def _bytes(kind, shape) -> int:
 
 
 CASES = [("recon", v) for v in SIGMAS] + [("recon_fwd_bwd", v) for v in SIGMAS] + \
-        [("dgauss", "erf"), ("dgauss", "tanh"), ("dgauss_fwd_bwd", "erf")]
+        [("dgauss", "erf"), ("dgauss", "tanh"), ("dgauss_fwd_bwd", "erf"), ("dgauss_fwd_bwd", "tanh")]
+
+
+def _window_bins(sigma: float) -> int:
+    """Bins recon_nll sums per element at this sigma_0 (alpha_0 = sqrt(1 - sigma_0^2)) in float32:
+    2W + 1, W the smallest with W (W + 1) >= 2 T / kappa, T = 40 (csrc/recon_nll_math.h)."""
+    r = math.sqrt(1 - sigma**2) / (sigma * 128)
+    need = 2 * 40.0 / (r * r)
+    w = 0
+    while w * (w + 1) < need and 2 * w + 1 < 256:
+        w += 1
+    return min(2 * w + 1, 256)
+
+
+# exp/log evaluations per element of the CPU kernels (the roofline's compute roof), forward only;
+# the backward evaluates the forward's again and its own.
+DGAUSS_TRANSCENDENTALS = {"erf": (6, 10), "tanh": (3, 5)}  # (forward, forward + backward)
+
+
+def _transcendentals(kind: str, variant: str) -> float:
+    if kind.startswith("recon"):
+        per_call = _window_bins(SIGMAS[variant]) + 1  # an exp per bin, a log of the sum
+        return 2 * per_call if kind.endswith("fwd_bwd") else per_call
+    return DGAUSS_TRANSCENDENTALS[variant][1 if kind.endswith("fwd_bwd") else 0]
 
 
 # The ops whose benchmarks this module writes by hand (vdm-fast bench derives the others').
@@ -117,7 +141,8 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
             providers = _providers(kind, shape, device, variant, compiled)
             ours = tuple(p for p in providers if p.startswith("vdm_fast"))
             out.append(Case(label_op, f"{tuple(shape)} fp32 {variant}", _bytes(kind, shape), providers,
-                            device=device, ours=ours))
+                            device=device, elements=math.prod(shape), ours=ours,
+                            transcendentals=_transcendentals(kind, variant)))
     return out
 
 

@@ -16,6 +16,7 @@ reproduce the two diffusers schedulers.
 
 from __future__ import annotations
 
+import math
 import torch
 
 from .. import backends, reference
@@ -154,7 +155,7 @@ def _case(kind: str, shape, device: str, compiled_ref) -> Case:
         bytes_moved = 3 * n_elem * es
     else:
         raise ValueError(kind)
-    return Case("reverse_step", f"{kind} {tuple(shape)} fp32", bytes_moved, providers, device=device,
+    return Case("reverse_step", f"{kind} {tuple(shape)} fp32", bytes_moved, providers, device=device, elements=math.prod(shape),
                 ours=tuple(ours))
 
 

@@ -5,6 +5,7 @@ is benchmarked this way by ``vdm-fast bench``."""
 
 from __future__ import annotations
 
+import math
 import torch
 
 from .. import backends
@@ -40,7 +41,7 @@ def _case(spec: OpSpec, shape, device: str, compiled_ref) -> Case:
         ours.append(f"vdm_fast[{backend}]")
     providers["eager"] = lambda: spec.reference(*native)
     providers["torch.compile"] = lambda: compiled_ref(*native)
-    return Case(spec.name, f"{tuple(shape)} fp32", bytes_moved(spec, args), providers, device=device,
+    return Case(spec.name, f"{tuple(shape)} fp32", bytes_moved(spec, args), providers, device=device, elements=math.prod(shape),
                 ours=tuple(ours))
 
 

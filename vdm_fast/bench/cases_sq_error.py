@@ -9,6 +9,7 @@ Two kinds of case, both forward + backward (what training runs):
 
 from __future__ import annotations
 
+import math
 import torch
 
 from .. import backends, reference
@@ -55,7 +56,7 @@ def _sq_error_case(shape, device: str, target: str, compiled_ref) -> Case:
     providers["torch.compile"] = fwd_bwd(compiled_ref)
     # Minimal traffic: forward reads its tensors; backward reads them again and writes grad_pred.
     nbytes = (2 * TENSORS_READ[target] + 1) * pred.numel() * pred.element_size()
-    return Case("sq_error", f"{tuple(shape)} fp32 {target} fwd+bwd", nbytes, providers, device=device,
+    return Case("sq_error", f"{tuple(shape)} fp32 {target} fwd+bwd", nbytes, providers, device=device, elements=math.prod(shape),
                 ours=tuple(ours))
 
 
@@ -84,7 +85,7 @@ def _loss_step_case(shape, device: str, compiled_step) -> Case:
     providers["torch.compile"] = run(compiled_step)
     # q_sample: read x0, noise, write z; sq_error eps: read pred, noise twice, write grad_pred.
     nbytes = (3 + 5) * pred.numel() * pred.element_size()
-    return Case("loss_step", f"{tuple(shape)} fp32 q_sample+sq_error fwd+bwd", nbytes, providers, device=device,
+    return Case("loss_step", f"{tuple(shape)} fp32 q_sample+sq_error fwd+bwd", nbytes, providers, device=device, elements=math.prod(shape),
                 ours=tuple(ours))
 
 

@@ -7,6 +7,11 @@ frequency or co-tenant noise hits them alike.
 
 Bandwidth: the triad ``a = b + s * c`` (torch.add with out=, all threads) on tensors of the
 case's working-set size, timed the same way in the same run, is the reference "achievable" GB/s.
+
+Roofline (ns per element): the larger of the memory time (the case's minimal bytes per element at
+the triad's GB/s) and the compute time (the transcendentals per element the kernel evaluates, at
+the cost of one vectorised float32 exp measured in the same run: vdm_fast's own exp over an
+L2-resident array, per core, divided by the threads). "%roof" is the roofline over our time.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class Case:
     ours: tuple[str, ...] = ()  # provider names that are vdm_fast implementations
     baselines: tuple[str, ...] = ("eager", "torch.compile", "diffusers")
     working_set_bytes: int = 0  # for the triad; defaults to bytes_moved
+    elements: int = 0  # data elements per call (B x D): the roofline's denominator; 0: no roofline
+    transcendentals: float = 0.0  # exp/log evaluations per element by the kernel (the compute roof)
 
 
 @dataclass
@@ -38,10 +45,20 @@ class Result:
     case: Case
     seconds: dict[str, float] = field(default_factory=dict)
     triad_gbps: float = float("nan")
+    exp_ns: float = float("nan")  # one float32 exp with all threads, ns (this run's measurement)
     errors: dict[str, str] = field(default_factory=dict)
 
     def gbps(self, provider: str) -> float:
         return self.case.bytes_moved / self.seconds[provider] / 1e9
+
+    def roof_ns(self) -> float | None:
+        """The roofline in ns per element (module docstring), None without an element count."""
+        case = self.case
+        if not case.elements or self.triad_gbps != self.triad_gbps:
+            return None
+        memory = case.bytes_moved / case.elements / self.triad_gbps  # bytes / (GB/s) = ns
+        compute = case.transcendentals * self.exp_ns if case.transcendentals else 0.0
+        return max(memory, compute) if compute == compute else memory
 
     def rows(self) -> list[dict]:
         out = []
@@ -54,6 +71,11 @@ class Result:
                 "gbps": self.gbps(name),
                 "pct_triad": 100 * self.gbps(name) / self.triad_gbps if self.triad_gbps == self.triad_gbps else None,
             }
+            roof = self.roof_ns()
+            if roof is not None:
+                row["ns_per_element"] = sec * 1e9 / self.case.elements
+                row["roof_ns_per_element"] = roof
+                row["pct_roof"] = 100 * roof / row["ns_per_element"]
             for base in self.case.baselines:
                 if base in self.seconds and name != base:
                     row[f"speedup_vs_{base}"] = self.seconds[base] / sec
@@ -109,8 +131,22 @@ def triad_gbps(working_set_bytes: int, device: str, min_time: float) -> float:
     return 12 * n / sec / 1e9
 
 
+def exp_ns(device: str, min_time: float) -> float:
+    """ns per float32 exp with all threads: vdm_fast's vectorised exp (csrc/cpu/fast_math.h, a
+    one-thread loop) over 64 Ki L2-resident floats, divided by the threads; NaN where that op is not
+    built or the device is not the CPU (the roofline is then the memory roof alone)."""
+    from .. import _library
+
+    if not device.startswith("cpu") or not _library.has_native_kernel("fast_math", "CPU"):
+        return float("nan")
+    x = torch.randn(1 << 16)
+    sec = time_interleaved({"exp": lambda: torch.ops.vdm_fast.fast_math("exp", x)}, device, min_time)["exp"]
+    return sec * 1e9 / x.numel() / torch.get_num_threads()
+
+
 def run(cases: list[Case], min_time: float = 0.3, progress: Callable[[str], None] | None = None) -> list[Result]:
     results = []
+    exp_cost = {}  # per device
     for case in cases:
         if progress:
             progress(f"{case.op} {case.label}")
@@ -124,12 +160,17 @@ def run(cases: list[Case], min_time: float = 0.3, progress: Callable[[str], None
                 res.errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         res.seconds = time_interleaved(runnable, case.device, min_time) if runnable else {}
         res.triad_gbps = triad_gbps(case.working_set_bytes or case.bytes_moved, case.device, min_time)
+        if case.transcendentals:
+            if case.device not in exp_cost:
+                exp_cost[case.device] = exp_ns(case.device, min_time)
+            res.exp_ns = exp_cost[case.device]
         results.append(res)
     return results
 
 
 def format_table(results: list[Result]) -> str:
-    header = f"{'op':<16} {'case':<28} {'provider':<22} {'µs':>10} {'GB/s':>8} {'%triad':>7} {'vs eager':>9} {'vs compile':>11} {'vs diffusers':>13}"
+    header = (f"{'op':<16} {'case':<28} {'provider':<22} {'µs':>10} {'GB/s':>8} {'%triad':>7} {'ns/el':>7} "
+              f"{'roof':>6} {'%roof':>6} {'vs eager':>9} {'vs compile':>11} {'vs diffusers':>13}")
     lines = [header, "-" * len(header)]
     for res in results:
         for row in res.rows():
@@ -142,9 +183,14 @@ def format_table(results: list[Result]) -> str:
                 return f"{v:.2f}x" if v is not None else "-"
 
             pct = f"{row['pct_triad']:.0f}%" if row["pct_triad"] is not None else "-"
+            if "roof_ns_per_element" in row:
+                roof = (f"{row['ns_per_element']:>7.2f} {row['roof_ns_per_element']:>6.2f} "
+                        f"{row['pct_roof']:>5.0f}%")
+            else:
+                roof = f"{'-':>7} {'-':>6} {'-':>6}"
             lines.append(
                 f"{row['op']:<16} {row['case']:<28} {row['provider']:<22} {row['us']:>10.1f} {row['gbps']:>8.1f} {pct:>7} "
-                f"{sp('speedup_vs_eager'):>9} {sp('speedup_vs_torch.compile'):>11} {sp('speedup_vs_diffusers'):>13}"
+                f"{roof} {sp('speedup_vs_eager'):>9} {sp('speedup_vs_torch.compile'):>11} {sp('speedup_vs_diffusers'):>13}"
             )
         lines.append(f"{'':<16} {res.case.label:<28} {'triad (same size)':<22} {'':>10} {res.triad_gbps:>8.1f}")
     return "\n".join(lines)

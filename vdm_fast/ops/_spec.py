@@ -91,8 +91,8 @@ class OpSpec:
     # and returns the implementation.
     triton_fn: Callable | None = None
     impls: dict[str, Callable] = field(default_factory=dict)
-    # (backend argument, device) -> the implementation: the eager fast path's lookup, emptied by
-    # backends.clear_cache()
+    # (backend argument, device) -> (the implementation, whether native): the eager call's lookup,
+    # emptied by backends.clear_cache()
     _impl_memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -234,12 +234,72 @@ class OpSpec:
         except KeyError:
             raise RuntimeError(f"{self.name}: the {name} backend has no implementation of this op") from None
 
+    def _native_direct(self, values, plan, backend):
+        """The common eager call handed straight to the native op, or None for the general path.
+
+        The native ops check what the eager fast path would (csrc/common.h: data of one dtype,
+        shape and device; coefficients contiguous (B,) tensors of the compute dtype there) and
+        name the argument, so here only what they cannot see is checked: every data/coefficient
+        argument a tensor, float32/float64 data (half data follows the promotion rules of the
+        general path), choices spelled canonically, a native implementation; and, as they are cheap
+        to see, one dtype and 1-D coefficients. An input the op refuses goes to the general path, which converts it (a float alpha, a (B, 1, 1, 1) one,
+        mixed dtypes) or raises its own message. Value checks (positive scales, decoder ranges)
+        run after the op, so a shape error is reported before them, as on the general path."""
+        data_idx, coeff_idx, choice_idx, positive_idx, bounds_idx = plan
+        if len(values) != len(self.args):
+            return None
+        first = values[data_idx[0]]
+        if type(first) is not torch.Tensor:
+            return None
+        dtype = first.dtype
+        if dtype is not torch.float32 and dtype is not torch.float64:
+            return None
+        entry = self._impl_memo.get((backend, first.device)) or self._memoised_impl(backend, first.device)
+        if not entry[1]:
+            return None
+        # A refused input costs an exception (~20 us), so the layouts users pass every call ((B, 1,
+        # 1, 1) scales, a bfloat16 model output next to float32 data) are sent on before it.
+        for i in data_idx:
+            t = values[i]
+            if type(t) is not torch.Tensor or t.dtype is not dtype:
+                return None
+        for i in coeff_idx:
+            t = values[i]
+            if type(t) is not torch.Tensor or t.dtype is not dtype or t.dim() != 1:
+                return None
+        for i in choice_idx:
+            if values[i] not in self.args[i].choices:
+                return None
+        try:
+            out = entry[0](*values)
+        except RuntimeError:
+            return None  # the general path converts the input or raises its own error
+        for i in positive_idx:
+            _checks.positive(self.name, self.args[i].name, values[i])
+        for i in bounds_idx:
+            _checks.within(self.name, self.args[i].name, values[i], *self.args[i].bounds)
+        return out
+
+    def _memoised_impl(self, backend, device) -> tuple[Callable, bool]:
+        """(implementation, whether it is the native op) per (backend, device), looked up once
+        (emptied by backends.clear_cache()): the backend rules cost about 2 us of Python a call."""
+        entry = self._impl_memo.get((backend, device))
+        if entry is None:
+            impl = self.implementation(backend, device)
+            native = impl is self.impls.get("cpu") and isinstance(impl, torch._ops.OpOverload)
+            entry = self._impl_memo[(backend, device)] = (impl, native)
+        return entry
+
     def __call__(self, *values, backend: str | None = None, **options):
         plan = self._fast_plan()
         compiling = torch.compiler.is_compiling()
         args = None
         if plan is not None and not options and not compiling:
-            # The common eager call, checked in place (_prepare_fast); None: the general path.
+            out = self._native_direct(values, plan, backend)
+            if out is not None:
+                return out
+            # The common eager call on another backend, checked in place (_prepare_fast); None:
+            # the general path.
             args = self._prepare_fast(values, plan)
         if args is None:
             args = self.prepare(*values, **options)
@@ -250,14 +310,7 @@ class OpSpec:
             first = next(a for a in args if isinstance(a, torch.Tensor))
         if compiling:
             return self.implementation(backend, first.device)(*args)
-        # Eagerly the implementation is looked up once per (backend, device), cleared with
-        # backends.clear_cache(): about 2 us of Python on top of the dispatcher op in all
-        # (benchmarks/RESULTS.md).
-        device = first.device
-        impl = self._impl_memo.get((backend, device))
-        if impl is None:
-            impl = self._impl_memo[(backend, device)] = self.implementation(backend, device)
-        return impl(*args)
+        return self._memoised_impl(backend, first.device)[0](*args)
 
     # --- fake kernels ----------------------------------------------------------------------------
 
