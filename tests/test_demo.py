@@ -64,11 +64,116 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]  # no temporary file left behind
 
 
-def test_checkpoint_refuses_pickled_code(tmp_path):
+def test_checkpoint_refuses_pickled_code_without_echoing_torchs_advice(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"step": 1, "fn": _state}, path)  # a function is not loadable with weights_only
-    with pytest.raises(checkpoint.CheckpointError):
+    with pytest.raises(checkpoint.CheckpointError, match="can run code") as err:
         checkpoint.load(str(path))
+    assert "weights_only" not in str(err.value)
+
+
+def test_flipped_bytes_inside_the_weights_are_refused(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    weights = torch.arange(64, dtype=torch.float32) + 0.25  # a byte pattern to find in the file
+    checkpoint.save({"step": 4, "model": {"w": weights}, "history": "[]"}, str(path))
+    raw = bytearray(path.read_bytes())
+    at = raw.find(weights.numpy().tobytes())
+    assert at > 0  # the tensor's bytes are stored as they are (torch.save's zip, uncompressed)
+    raw[at + 10] ^= 0x01
+    raw[at + 100] ^= 0x80
+    path.write_bytes(bytes(raw))
+    assert torch.load(path, weights_only=True)["step"] == 4  # torch itself reads it without complaint
+    with pytest.raises(checkpoint.CheckpointError, match="checksum"):
+        checkpoint.load(str(path))
+
+
+@pytest.mark.parametrize("bad", ["missing_model", "no_checksum", "negative_step", "float_step"])
+def test_checkpoint_with_missing_keys_or_a_bad_step_is_refused(tmp_path, bad):
+    path = tmp_path / "ckpt.pt"
+    state = {"step": 5, "model": {"w": torch.ones(2)}, "history": "[]"}
+    if bad == "missing_model":
+        del state["model"]
+    elif bad == "negative_step":
+        state["step"] = -3
+    elif bad == "float_step":
+        state["step"] = 2.5
+    if bad == "no_checksum":
+        torch.save(state, path)  # written without checkpoint.save
+    else:
+        checkpoint.save(state, str(path))
+    match = {"missing_model": r"missing \['model'\]", "no_checksum": r"missing \['checksum'\]",
+             "negative_step": "step -3", "float_step": "step 2.5"}[bad]
+    with pytest.raises(checkpoint.CheckpointError, match=match):
+        checkpoint.load(str(path), keys=("step", "model"))
+
+
+def test_temporaries_of_a_killed_save_are_removed_by_the_next_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    # A save killed mid-write (SIGKILL: no cleanup runs) leaves its temporary file behind.
+    code = ("import os, signal, torch; from vdm_fast.demo import checkpoint\n"
+            "def dies(obj, fh, *a, **k):\n    fh.write(b'x' * 4096); fh.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "torch.save = dies\n"
+            f"checkpoint.save({{'step': 1}}, {str(tmp_path / 'checkpoint.pt')!r})\n")
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+        assert proc.returncode == -signal.SIGKILL
+    left = [f for f in os.listdir(tmp_path) if f.startswith(checkpoint.TEMP_PREFIX)]
+    assert len(left) == 2
+    assert checkpoint.remove_stale_temporaries(str(tmp_path)) == 2
+    assert os.listdir(tmp_path) == []
+
+
+# --- flags: checked before any work (issue 19) ----------------------------------------------------
+
+
+BAD_FLAGS = [("--steps", "-5"), ("--steps", "0"), ("--eval-repeats", "-1"), ("--batch-size", "0"),
+             ("--batch-size", "-4"), ("--lr", "nan"), ("--lr", "0"), ("--ckpt-every", "0"),
+             ("--samples-per-class", "0"), ("--sample-steps", "-1"), ("--device", "bogus"),
+             ("--seed", str(2**70)), ("--seed", "-1"), ("--guidance-scale", "inf"), ("--eval-every", "x")]
+
+
+@pytest.mark.parametrize("flag,value", BAD_FLAGS, ids=[f"{f}={v}" for f, v in BAD_FLAGS])
+def test_bad_flag_exits_2_naming_it_before_any_work(tmp_path, capsys, flag, value):
+    from vdm_fast import cli
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    good = out / "checkpoint.pt"
+    checkpoint.save(_state(250), str(good))
+    before = good.read_bytes()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--out", str(out), "--no-progress", flag, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err and "Traceback" not in err
+    assert good.read_bytes() == before and sorted(os.listdir(out)) == ["checkpoint.pt"]  # nothing written
+
+
+@pytest.mark.parametrize("where", ["a_file", "under_a_file"])
+def test_unusable_output_folder_exits_2_before_any_work(tmp_path, capsys, where):
+    from vdm_fast import cli
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    out = a_file if where == "a_file" else a_file / "demo"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--out", str(out), "--no-progress", "--steps", "1"])
+    assert exit_.value.code == 2
+    assert "argument --out:" in capsys.readouterr().err
+    assert a_file.read_text() == "not a folder"
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, capsys):
+    from vdm_fast import cli
+
+    out = tmp_path / "demo"
+    checkpoint.save({"step": 3, "model": {"w": torch.ones(2)}, "optimizer": {}, "lr_schedule": {}, "history": "[]"},
+                    str(out / "checkpoint.pt"))
+    assert cli.main(["demo", "--out", str(out), "--no-progress", "--steps", "4"]) == 1
+    assert "does not fit this model" in capsys.readouterr().err
 
 
 # --- multi-process: 2 processes == 1 process on the same global batch ---------------------------
@@ -152,7 +257,10 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     assert cli.main(common + ["--steps", "3"]) == 0
     first = json.load(open(os.path.join(out, "summary.json")))
     assert first["steps"] == 3
+    stale = os.path.join(out, checkpoint.TEMP_PREFIX + "killed")  # what a SIGKILLed save leaves
+    open(stale, "wb").write(b"partial")
     assert cli.main(common + ["--steps", "5"]) == 0  # resumes from the step-3 checkpoint
+    assert not os.path.exists(stale)
     second = json.load(open(os.path.join(out, "summary.json")))
     assert second["steps"] == 5 and second["resumed_from"] == 3
     for name in ("samples.png", "training_curve.png", "checkpoint.pt"):

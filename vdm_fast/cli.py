@@ -20,10 +20,15 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import train
+    from .demo import checkpoint, train
 
-    train.run(args)
-    train.shutdown()
+    try:
+        train.run(args)
+    except checkpoint.CheckpointError as exc:  # a file the user can act on, not a bug: no traceback
+        print(f"vdm-fast demo: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        train.shutdown()
     return 0
 
 
@@ -32,10 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_demo = sub.add_parser("demo", help="train a class-conditional VDM on 8x8 digits: bits/dim, guided samples")
-    from .demo.options import add_demo_arguments
+    from .demo.options import add_demo_arguments, check_output_folder
 
     add_demo_arguments(p_demo)
-    p_demo.set_defaults(func=_cmd_demo)
+    p_demo.set_defaults(func=_cmd_demo, validate=lambda args: check_output_folder(p_demo, args))
 
     p_env = sub.add_parser("env", help="versions and which backends are built")
     p_env.set_defaults(func=_cmd_env)
@@ -55,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "validate", None) is not None:
+        args.validate(args)  # what argparse's types cannot check (exit code 2, before any work)
     return args.func(args)
 
 

@@ -1,25 +1,126 @@
 """The demo's command-line options, kept apart from the training code so that ``vdm-fast --help``
-does not import it."""
+does not import it.
+
+Every value is checked by its argparse type, so a bad one stops the command with ``error: argument
+--flag: ...`` and exit code 2 before any data is loaded, any step trained or any file written
+(issue 19: ``--steps 0`` used to mean the default, ``--batch-size 0`` trained on empty batches and
+overwrote a good checkpoint, ``--lr nan`` and ``--seed 2**70`` raised tracebacks mid-run).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import tempfile
+
+# Seeds are combined as seed * 1_000_003 + step (train.draw_batch) into torch.Generator.manual_seed,
+# which takes at most 64 bits: 2^32 keeps that far from overflowing for any step count.
+MAX_SEED = 2**32 - 1
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def device(text: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}") from None
+    if dev.type == "cpu":
+        return text
+    if dev.type != "cuda":
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this PyTorch sees no CUDA device")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A folder the run can write to, created if missing: checked by writing a probe file, so a
+    read-only place fails here and not at the first checkpoint."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+    try:
+        os.makedirs(text, exist_ok=True)
+        with tempfile.TemporaryFile(dir=text):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write to {text!r}: {exc.strerror or exc}") from None
+    return text
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a short run (under 3 minutes on 2 CPU cores)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 6000; 1200 with --quick)")
-    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-every", type=int, default=None, help="steps between held-out evaluations")
-    p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints")
-    p.add_argument("--eval-repeats", type=int, default=None, help="(t, eps) draws per held-out image")
-    p.add_argument("--samples-per-class", type=int, default=10)
-    p.add_argument("--sample-steps", type=int, default=None, help="ancestral sampling steps (default 250; 100 with --quick)")
-    p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance scale w (1 = conditional)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default 6000; 1200 with --quick)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
+    p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--eval-every", type=positive_int, default=None, help="steps between held-out evaluations")
+    p.add_argument("--ckpt-every", type=positive_int, default=250, help="steps between checkpoints")
+    p.add_argument("--eval-repeats", type=positive_int, default=None, help="(t, eps) draws per held-out image")
+    p.add_argument("--samples-per-class", type=positive_int, default=10)
+    p.add_argument("--sample-steps", type=positive_int, default=None,
+                   help="ancestral sampling steps (default 250; 100 with --quick)")
+    p.add_argument("--guidance-scale", type=non_negative_float, default=3.0,
+                   help="classifier-free guidance scale w (1 = conditional)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when available)")
+    # No type: the default folder is created only when the command runs (check_output_folder).
     p.add_argument("--out", default="vdm_fast_out/demo", help="folder for checkpoint, PNGs and summary.json")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def check_output_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--out checked after parsing (argparse would create the default folder on every --help):
+    an error naming the flag, exit code 2, before any work."""
+    try:
+        output_folder(args.out)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"argument --out: {exc}")

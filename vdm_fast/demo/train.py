@@ -37,9 +37,11 @@ from . import checkpoint, data
 from .baseline import PerPixelCategorical
 from .classifier import DigitClassifier
 from .model import Denoiser
-from .options import add_demo_arguments
+from .options import add_demo_arguments, check_output_folder
 
 LABEL_DROPOUT = 0.1
+# What a demo checkpoint holds (checkpoint.load refuses a file without one of them).
+CHECKPOINT_KEYS = ("step", "model", "optimizer", "lr_schedule", "history")
 
 
 # --- the trained object: network + learned schedule --------------------------------------------
@@ -174,13 +176,21 @@ def run(args) -> dict:
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     start, history, resumed_from = 0, [], None
-    state = None if args.fresh else checkpoint.load(ckpt_path)
+    if rank == 0:
+        stale = checkpoint.remove_stale_temporaries(args.out)
+        if stale:
+            log(f"removed {stale} temporary file(s) of an interrupted checkpoint save from {args.out}")
+    state = None if args.fresh else checkpoint.load(ckpt_path, keys=CHECKPOINT_KEYS)
     if state is not None:
-        vdm.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["lr_schedule"])
-        start, history = int(state["step"]), json.loads(state["history"])
-        resumed_from = start
+        try:
+            vdm.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["lr_schedule"])
+            history = json.loads(state["history"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # another model's weights, say
+            raise checkpoint.CheckpointError(f"checkpoint {ckpt_path} does not fit this model "
+                                             f"({str(exc).splitlines()[0][:200]}); pass --fresh to start over") from None
+        start = resumed_from = state["step"]
         log(f"resumed from {ckpt_path} at step {start}")
     ddp = nn.parallel.DistributedDataParallel(vdm) if world > 1 else vdm
 
@@ -272,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m vdm_fast.demo.train`` (what torchrun launches): the same as ``vdm-fast demo``."""
     parser = argparse.ArgumentParser(prog="vdm-fast demo", description=__doc__.splitlines()[0])
     add_demo_arguments(parser)
-    run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    check_output_folder(parser, args)
+    run(args)
     shutdown()
     return 0
 
