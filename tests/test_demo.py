@@ -129,7 +129,7 @@ def test_temporaries_of_a_killed_save_are_removed_by_the_next_run(tmp_path):
 # --- flags: checked before any work (issue 19) ----------------------------------------------------
 
 
-BAD_FLAGS = [("--steps", "-5"), ("--steps", "0"), ("--eval-repeats", "-1"), ("--batch-size", "0"),
+BAD_FLAGS = [("--steps", "-5"), ("--steps", "0"), ("--eval-repeats", "-1"), ("--eval-repeats", "1"), ("--batch-size", "0"),
              ("--batch-size", "-4"), ("--lr", "nan"), ("--lr", "0"), ("--ckpt-every", "0"),
              ("--samples-per-class", "0"), ("--sample-steps", "-1"), ("--device", "bogus"),
              ("--seed", str(2**70)), ("--seed", "-1"), ("--guidance-scale", "inf"), ("--eval-every", "x")]
@@ -170,8 +170,8 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, capsys):
     from vdm_fast import cli
 
     out = tmp_path / "demo"
-    checkpoint.save({"step": 3, "model": {"w": torch.ones(2)}, "optimizer": {}, "lr_schedule": {}, "history": "[]"},
-                    str(out / "checkpoint.pt"))
+    checkpoint.save({"step": 3, "model": {"w": torch.ones(2)}, "ema": {}, "optimizer": {}, "lr_schedule": {},
+                     "history": "[]", "best": "null"}, str(out / "checkpoint.pt"))
     assert cli.main(["demo", "--out", str(out), "--no-progress", "--steps", "4"]) == 1
     assert "does not fit this model" in capsys.readouterr().err
 
@@ -252,7 +252,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     from vdm_fast import cli
 
     out = str(tmp_path / "demo")
-    common = ["demo", "--out", out, "--batch-size", "16", "--eval-repeats", "1", "--samples-per-class", "1",
+    common = ["demo", "--out", out, "--batch-size", "16", "--eval-repeats", "2", "--samples-per-class", "1",
               "--sample-steps", "4", "--ckpt-every", "3", "--no-progress"]
     assert cli.main(common + ["--steps", "3"]) == 0
     first = json.load(open(os.path.join(out, "summary.json")))
@@ -267,3 +267,34 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
         assert os.path.getsize(os.path.join(out, name)) > 0
     for key in ("recon_bpd", "prior_bpd", "diffusion_bpd", "total_bpd"):
         assert torch.isfinite(torch.tensor(second["held_out"][key]))
+        assert torch.isfinite(torch.tensor(second["held_out"][key + "_se"])) and second["held_out"][key + "_se"] >= 0
+    assert second["samples_scored"] == 10
+
+
+def test_best_checkpoint_is_the_minimum_of_the_ema_evaluations_and_survives_resume(tmp_path):
+    from vdm_fast import cli
+
+    out = str(tmp_path / "demo")
+    common = ["demo", "--out", out, "--batch-size", "16", "--eval-repeats", "2", "--samples-per-class", "1",
+              "--sample-steps", "2", "--ckpt-every", "2", "--eval-every", "2", "--no-progress", "--lr", "0.05"]
+    assert cli.main(common + ["--steps", "4"]) == 0
+    assert cli.main(common + ["--steps", "8"]) == 0  # resumes at 4 with the best so far
+    latest = checkpoint.load(os.path.join(out, "checkpoint.pt"), keys=train.CHECKPOINT_KEYS)
+    history = json.loads(latest["history"])
+    evals = [h for h in history if "ema_eval_bpd" in h]
+    assert [h["step"] for h in evals] == [2, 4, 6, 8]
+    best = min(evals, key=lambda h: h["ema_eval_bpd"])
+    kept = checkpoint.load(os.path.join(out, "best.pt"), keys=("step", "model", "held_out"))
+    assert kept["step"] == best["step"] == json.loads(latest["best"])["step"]
+    assert json.loads(kept["held_out"])["total_bpd"] == best["ema_eval_bpd"]
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["best_step"] == best["step"] and summary["best_selection_bpd"] == best["ema_eval_bpd"]
+    # the EMA is torch's AveragedModel, updated once per step of both runs
+    assert int(latest["ema"]["n_averaged"]) == 8
+    # the headline is a second evaluation of the kept weights on fresh draws, not the selection's figure
+    assert summary["held_out"]["total_bpd"] != best["ema_eval_bpd"]
+
+
+@pytest.mark.parametrize("steps,window", [(1200, 120), (6000, 600), (50, 10), (10**6, 1000)])
+def test_ema_decay_averages_over_a_tenth_of_the_run(steps, window):
+    assert train.ema_decay(steps) == pytest.approx(1 - 1 / window)

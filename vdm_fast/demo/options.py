@@ -29,6 +29,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def at_least_two(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError("must be at least 2 (a standard error needs two draws per image)")
+    return value
+
+
 def seed(text: str) -> int:
     try:
         value = int(text)
@@ -102,7 +109,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=positive_float, default=2e-3)
     p.add_argument("--eval-every", type=positive_int, default=None, help="steps between held-out evaluations")
     p.add_argument("--ckpt-every", type=positive_int, default=250, help="steps between checkpoints")
-    p.add_argument("--eval-repeats", type=positive_int, default=None, help="(t, eps) draws per held-out image")
+    p.add_argument("--eval-repeats", type=at_least_two, default=None,
+                   help="(t, eps) draws per held-out image, at least 2 (default 16; 4 with --quick)")
     p.add_argument("--samples-per-class", type=positive_int, default=10)
     p.add_argument("--sample-steps", type=positive_int, default=None,
                    help="ancestral sampling steps (default 250; 100 with --quick)")

@@ -31,14 +31,25 @@ def sample_grid(pixels: torch.Tensor, rows: int, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def training_curve(history: list[dict], baseline_bpd: float, path: str) -> None:
+def training_curve(history: list[dict], baseline_bpd: float, path: str, best_step: int | None = None) -> None:
+    """Training batch ELBO, and the held-out ELBO of the trained and the EMA weights with one
+    standard error as error bars; the selected (best) evaluation marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     steps = [h["step"] for h in history if "train_bpd" in h]
     ax.plot(steps, [h["train_bpd"] for h in history if "train_bpd" in h], lw=0.8, alpha=0.6, label="train (batch ELBO)")
     evals = [h for h in history if "eval_bpd" in h]
     if evals:
-        ax.plot([h["step"] for h in evals], [h["eval_bpd"] for h in evals], "o-", label="held-out ELBO")
+        at = [h["step"] for h in evals]
+        ax.errorbar(at, [h["eval_bpd"] for h in evals], yerr=[h.get("eval_se", 0) for h in evals], fmt="o-", ms=3,
+                    capsize=2, label="held-out ELBO, trained weights")
+        ema = [h for h in evals if "ema_eval_bpd" in h]
+        if ema:
+            ax.errorbar([h["step"] for h in ema], [h["ema_eval_bpd"] for h in ema],
+                        yerr=[h["ema_eval_se"] for h in ema], fmt="s-", ms=3, capsize=2,
+                        label="held-out ELBO, EMA weights")
+        if best_step is not None:
+            ax.axvline(best_step, color="g", ls=":", lw=1, label=f"best (step {best_step})")
     ax.axhline(baseline_bpd, color="k", ls="--", lw=1, label=f"per-pixel baseline ({baseline_bpd:.2f})")
     ax.set_xlabel("step")
     ax.set_ylabel("bits/dim")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .. import elbo as elbo_mod
 from .. import guidance, parameterization, samplers
@@ -41,7 +42,7 @@ from .options import add_demo_arguments, check_output_folder
 
 LABEL_DROPOUT = 0.1
 # What a demo checkpoint holds (checkpoint.load refuses a file without one of them).
-CHECKPOINT_KEYS = ("step", "model", "optimizer", "lr_schedule", "history")
+CHECKPOINT_KEYS = ("step", "model", "ema", "optimizer", "lr_schedule", "history", "best")
 
 
 # --- the trained object: network + learned schedule --------------------------------------------
@@ -104,27 +105,43 @@ def train_loss(model: nn.Module, train: data.Split, batch: Batch, device) -> tor
 # --- evaluation -------------------------------------------------------------------------------
 
 
+TERMS = ("recon_bpd", "prior_bpd", "diffusion_bpd", "total_bpd")
+
+
 @torch.no_grad()
 def evaluate(vdm: VDM, split: data.Split, device, repeats: int, seed: int, rank: int = 0, world: int = 1) -> dict:
-    """Held-out per-term bits/dim (conditional model), averaged over ``repeats`` draws of (t, eps);
-    each process takes a slice of the held-out set and the sums are all-reduced."""
+    """Held-out per-term bits/dim of the conditional model, averaged over ``repeats`` draws of
+    (t, eps) per image, each with its Monte Carlo standard error (``<term>_se``).
+
+    The error is that of the estimate for this held-out set: the draws of (t, eps) are what a
+    second evaluation of the same model would change. Per image i with estimates v_i1..v_iR, the
+    variance of the image's mean is s_i^2 / R (s_i^2 the sample variance of its R draws; draws of one
+    image are independent, images of one draw share the antithetic t), and the set's mean of N
+    images has SE = sqrt(sum_i s_i^2 / R) / N. NaN with one draw per image. Each process takes a
+    slice of the held-out set; the sums are all-reduced."""
     gen = torch.Generator().manual_seed(seed + 12345)
     n = split.images.shape[0]
-    sums = torch.zeros(4, dtype=torch.float64)
     mine = torch.arange(rank, n, world)
     x = split.images[mine].to(device)
     labels = split.labels[mine].to(device)
+    draws = []  # (4 terms, local images) per repeat
     for _ in range(repeats):
         t = elbo_mod.sample_time(n, antithetic=True, generator=gen)[mine].to(device)
         noise = torch.randn((n,) + tuple(x.shape[1:]), generator=gen)[mine].to(device)
         rnoise = torch.randn((n,) + tuple(x.shape[1:]), generator=gen)[mine].to(device)
         terms = elbo_mod.elbo(vdm.eps_model(labels), x, vdm.schedule, t=t, noise=noise, recon_noise=rnoise).bpd_terms()
-        sums += torch.stack([terms.recon.sum(), terms.prior.sum(), terms.diffusion.sum(), terms.total.sum()]).double().cpu()
+        draws.append(torch.stack([terms.recon, terms.prior, terms.diffusion, terms.total]).double().cpu())
+    per = torch.stack(draws)  # (repeats, 4, local images)
+    var = per.var(dim=0, unbiased=True) if repeats > 1 else torch.full(per.shape[1:], math.nan, dtype=torch.float64)
+    sums = torch.stack([per.mean(dim=0).sum(dim=1), (var / repeats).sum(dim=1)])  # (2, 4)
     if world > 1:
         dist.all_reduce(sums)
-    mean = sums / (n * repeats)
-    return {"recon_bpd": mean[0].item(), "prior_bpd": mean[1].item(), "diffusion_bpd": mean[2].item(),
-            "total_bpd": mean[3].item()}
+    mean, se = sums[0] / n, sums[1].sqrt() / n
+    out = {}
+    for i, name in enumerate(TERMS):
+        out[name] = mean[i].item()
+        out[name + "_se"] = se[i].item()
+    return out
 
 
 @torch.no_grad()
@@ -154,9 +171,22 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def ema_decay(steps: int) -> float:
+    """The EMA's decay for a run of ``steps``: it averages over about the last tenth of the run
+    (1 / (1 - decay) = steps / 10 steps), at least 10 and at most 1000 steps. A fixed 0.999 would
+    average over 1000 steps, most of a 1200-step quick run, reaching back to weights far from
+    trained; a tenth of the run smooths the step-to-step noise of the weights and follows the
+    learning-rate decay."""
+    return 1.0 - 1.0 / min(max(steps / 10, 10.0), 1000.0)
+
+
+def _fmt(metrics: dict, key: str, digits: int = 3) -> str:
+    return f"{metrics[key]:.{digits}f} ± {metrics[key + '_se']:.{digits}f}"
+
+
 def run(args) -> dict:
     steps = args.steps or (1200 if args.quick else 6000)
-    eval_every = args.eval_every or max(steps // 6, 1)
+    eval_every = args.eval_every or max(steps // 12, 1)
     repeats = args.eval_repeats or (4 if args.quick else 16)
     sample_steps = args.sample_steps or (100 if args.quick else 250)
     rank, world = _distributed()
@@ -171,11 +201,15 @@ def run(args) -> dict:
     train, held_out = data.load(seed=args.seed)
     baseline_bpd = PerPixelCategorical(train.pixels).bits_per_dim(held_out.pixels)
     vdm = VDM().to(device)
+    # The weights the run evaluates, samples and keeps: an exponential moving average of the
+    # trained ones (PyTorch's own AveragedModel; buffers averaged too).
+    ema = AveragedModel(vdm, multi_avg_fn=get_ema_multi_avg_fn(ema_decay(steps)), use_buffers=True)
     opt = torch.optim.Adam(vdm.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     os.makedirs(args.out, exist_ok=True)
-    ckpt_path = os.path.join(args.out, "checkpoint.pt")
-    start, history, resumed_from = 0, [], None
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")  # the latest state: what a rerun resumes from
+    best_path = os.path.join(args.out, "best.pt")  # the EMA weights of the best held-out evaluation
+    start, history, resumed_from, best = 0, [], None, None
     if rank == 0:
         stale = checkpoint.remove_stale_temporaries(args.out)
         if stale:
@@ -184,9 +218,10 @@ def run(args) -> dict:
     if state is not None:
         try:
             vdm.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["lr_schedule"])
-            history = json.loads(state["history"])
+            history, best = json.loads(state["history"]), json.loads(state["best"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # another model's weights, say
             raise checkpoint.CheckpointError(f"checkpoint {ckpt_path} does not fit this model "
                                              f"({str(exc).splitlines()[0][:200]}); pass --fresh to start over") from None
@@ -210,18 +245,28 @@ def run(args) -> dict:
         torch.nn.utils.clip_grad_norm_(vdm.parameters(), 1.0)
         opt.step()
         sched.step()
+        ema.update_parameters(vdm)
         if step % 25 == 0:
             history.append({"step": step, "train_bpd": loss.item()})
         done = step + 1
         if done % eval_every == 0 or done == steps:
-            metrics = evaluate(vdm, held_out, device, repeats, args.seed, rank, world)
-            history.append({"step": done, "eval_bpd": metrics["total_bpd"], **metrics})
-            log(f"\nstep {done}: held-out {metrics['total_bpd']:.3f} bits/dim (recon {metrics['recon_bpd']:.3f}, "
-                f"prior {metrics['prior_bpd']:.4f}, diffusion {metrics['diffusion_bpd']:.3f}); "
+            raw = evaluate(vdm, held_out, device, repeats, args.seed, rank, world)
+            avg = evaluate(ema.module, held_out, device, repeats, args.seed, rank, world)
+            history.append({"step": done, "eval_bpd": raw["total_bpd"], "eval_se": raw["total_bpd_se"],
+                            "ema_eval_bpd": avg["total_bpd"], "ema_eval_se": avg["total_bpd_se"]})
+            improved = best is None or avg["total_bpd"] < best["total_bpd"]
+            if improved:
+                best = {"step": done, **avg}
+                if rank == 0:  # the selected weights, next to the latest state
+                    checkpoint.save({"step": done, "model": ema.module.state_dict(), "held_out": json.dumps(avg)},
+                                    best_path)
+            log(f"\nstep {done}: held-out {_fmt(avg, 'total_bpd')} bits/dim with the EMA weights "
+                f"({_fmt(raw, 'total_bpd')} without){' (best so far)' if improved else ''}; "
                 f"gamma(0)={vdm.schedule.gamma_min.item():.2f} gamma(1)={vdm.schedule.gamma_max.item():.2f}")
         if rank == 0 and (done % args.ckpt_every == 0 or done == steps):
-            checkpoint.save({"step": done, "model": vdm.state_dict(), "optimizer": opt.state_dict(),
-                             "lr_schedule": sched.state_dict(), "history": json.dumps(history)}, ckpt_path)
+            checkpoint.save({"step": done, "model": vdm.state_dict(), "ema": ema.state_dict(),
+                             "optimizer": opt.state_dict(), "lr_schedule": sched.state_dict(),
+                             "history": json.dumps(history), "best": json.dumps(best)}, ckpt_path)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(bpd=f"{loss.item():.3f}")
@@ -229,36 +274,52 @@ def run(args) -> dict:
         bar.close()
     train_seconds = time.time() - t0
 
-    final = evaluate(vdm, held_out, device, repeats, args.seed, rank, world)
+    # The headline: the best evaluation's weights (best.pt, which every process reads once rank 0
+    # has written it), evaluated again on fresh (t, eps) draws, since the minimum over several
+    # noisy evaluations is biased low by about their standard error.
+    if world > 1:
+        dist.barrier()
+    kept = checkpoint.load(best_path, keys=("step", "model", "held_out"))
+    if kept is None:
+        raise checkpoint.CheckpointError(f"{best_path} is missing (deleted?); pass --fresh to train again")
+    chosen = VDM().to(device)
+    chosen.load_state_dict(kept["model"])
+    best = {"step": kept["step"], **json.loads(kept["held_out"])}
+    final = evaluate(chosen, held_out, device, repeats, args.seed + 1, rank, world)
     summary = {"steps": steps, "resumed_from": resumed_from, "processes": world, "train_seconds": round(train_seconds, 1),
-               "held_out": final, "baseline_bpd": baseline_bpd,
-               "gamma_0": vdm.schedule.gamma_min.item(), "gamma_1": vdm.schedule.gamma_max.item()}
+               "ema_decay": ema_decay(steps), "eval_repeats": repeats, "best_step": best["step"],
+               "best_selection_bpd": best["total_bpd"], "held_out": final, "baseline_bpd": baseline_bpd,
+               "gamma_0": chosen.schedule.gamma_min.item(), "gamma_1": chosen.schedule.gamma_max.item()}
     if rank == 0:
         from . import plots
 
-        pixels = sample(vdm, args.samples_per_class, sample_steps, args.guidance_scale, args.seed, device)
+        pixels = sample(chosen, args.samples_per_class, sample_steps, args.guidance_scale, args.seed, device)
         wanted = torch.arange(data.NUM_CLASSES).repeat_interleave(args.samples_per_class)
         clf = DigitClassifier(train.pixels, train.labels)
         summary.update({
             "guidance_scale": args.guidance_scale,
             "sample_steps": sample_steps,
+            "samples_scored": int(wanted.numel()),
             "classifier_accuracy_on_samples": clf.accuracy(pixels, wanted),
             "classifier_accuracy_on_held_out": clf.accuracy(held_out.pixels, held_out.labels),
         })
+        agree = round(summary["classifier_accuracy_on_samples"] * wanted.numel())
         plots.sample_grid(pixels, data.NUM_CLASSES, os.path.join(args.out, "samples.png"),
                           f"CFG samples (w={args.guidance_scale}), one row per class; "
-                          f"classifier agrees on {100 * summary['classifier_accuracy_on_samples']:.0f}%")
-        plots.training_curve(history, baseline_bpd, os.path.join(args.out, "training_curve.png"))
+                          f"classifier agrees on {agree} of {wanted.numel()}")
+        plots.training_curve(history, baseline_bpd, os.path.join(args.out, "training_curve.png"), best["step"])
         with open(os.path.join(args.out, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=1)
         verdict = "below" if final["total_bpd"] < baseline_bpd else "NOT below"
-        log(f"\nheld-out bits/dim: total {final['total_bpd']:.3f} = recon {final['recon_bpd']:.3f} + prior "
-            f"{final['prior_bpd']:.4f} + diffusion {final['diffusion_bpd']:.3f}; {verdict} the per-pixel baseline "
-            f"{baseline_bpd:.3f}")
-        log(f"guided samples: the digit classifier agrees with the requested class on "
-            f"{100 * summary['classifier_accuracy_on_samples']:.1f}% (it scores "
-            f"{100 * summary['classifier_accuracy_on_held_out']:.1f}% on real held-out digits)")
-        log(f"wrote {args.out}/samples.png, training_curve.png, summary.json, checkpoint.pt")
+        log(f"\nbest held-out evaluation at step {best['step']} of {steps} (EMA weights, decay {ema_decay(steps):.4f}); "
+            f"evaluated again on fresh draws ({repeats} per image, ± one standard error):")
+        log(f"  total     {_fmt(final, 'total_bpd')} bits/dim, {verdict} the per-pixel baseline {baseline_bpd:.3f}")
+        for term in ("recon", "prior", "diffusion"):
+            log(f"  {term:<9} {_fmt(final, term + '_bpd', 4)}")
+        log(f"guided samples: the digit classifier agrees with the requested class on {agree} of {wanted.numel()} "
+            f"({100 * summary['classifier_accuracy_on_samples']:.1f}%; it scores "
+            f"{100 * summary['classifier_accuracy_on_held_out']:.1f}% on {len(held_out.labels)} real held-out digits)")
+        log(f"wrote {args.out}/samples.png, training_curve.png, summary.json, best.pt, checkpoint.pt")
     if world > 1:
         dist.barrier()
     return summary
