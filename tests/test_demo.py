@@ -132,7 +132,8 @@ def test_temporaries_of_a_killed_save_are_removed_by_the_next_run(tmp_path):
 BAD_FLAGS = [("--steps", "-5"), ("--steps", "0"), ("--eval-repeats", "-1"), ("--eval-repeats", "1"), ("--batch-size", "0"),
              ("--batch-size", "-4"), ("--lr", "nan"), ("--lr", "0"), ("--ckpt-every", "0"),
              ("--samples-per-class", "0"), ("--sample-steps", "-1"), ("--device", "bogus"),
-             ("--seed", str(2**70)), ("--seed", "-1"), ("--guidance-scale", "inf"), ("--eval-every", "x")]
+             ("--seed", str(2**70)), ("--seed", "-1"), ("--guidance-scale", "inf"), ("--eval-every", "x"),
+             ("--size", "0")]
 
 
 @pytest.mark.parametrize("flag,value", BAD_FLAGS, ids=[f"{f}={v}" for f, v in BAD_FLAGS])
@@ -193,7 +194,7 @@ def _loss_and_grads(world: int, rank: int, steps: int = 2):
     from vdm_fast.demo import data
 
     torch.manual_seed(0)
-    split, _ = data.load(seed=0)
+    split = data.load(seed=0).train
     vdm = train.VDM(hidden=64, depth=1)
     model = nn.parallel.DistributedDataParallel(vdm) if world > 1 else vdm
     opt = torch.optim.SGD(vdm.parameters(), lr=1e-2)
@@ -298,3 +299,95 @@ def test_best_checkpoint_is_the_minimum_of_the_ema_evaluations_and_survives_resu
 @pytest.mark.parametrize("steps,window", [(1200, 120), (6000, 600), (50, 10), (10**6, 1000)])
 def test_ema_decay_averages_over_a_tenth_of_the_run(steps, window):
     assert train.ema_decay(steps) == pytest.approx(1 - 1 / window)
+
+
+# --- --data DIR: the user's own images (issue 19) -------------------------------------------------
+
+
+def _write_images(folder, n, colour=False, seed=0, size_range=(9, 31)):
+    """n small PNG/JPEG images of random sizes: a bright blob on a dark ground (RGB when colour)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        h, w = (int(v) for v in rng.integers(*size_range, size=2))
+        img = rng.integers(0, 40, (h, w, 3), dtype=np.uint8)
+        img[h // 4: 3 * h // 4, w // 4: 3 * w // 4] += np.uint8(150)
+        if not colour:
+            img[..., 1] = img[..., 2] = img[..., 0]
+        ext = "png" if i % 2 else "jpg"
+        Image.fromarray(img if colour or ext == "png" else img[..., 0]).save(os.path.join(folder, f"{i}.{ext}"))
+
+
+TINY_RUN = ["--batch-size", "8", "--eval-repeats", "2", "--sample-steps", "2", "--steps", "2", "--no-progress",
+            "--size", "6"]
+
+
+def test_data_folder_with_class_subfolders_trains_guided(tmp_path):
+    from vdm_fast import cli
+
+    root = tmp_path / "images"
+    _write_images(str(root / "blobs"), 12, colour=True, seed=1)
+    _write_images(str(root / "greys"), 10, seed=2)
+    (root / "greys" / "broken.png").write_bytes(b"\x89PNG but not really")  # undecodable: skipped, counted
+    (root / "notes.txt").write_text("not an image: ignored")
+    out = str(tmp_path / "out")
+    assert cli.main(["demo", "--data", str(root), "--out", out, "--samples-per-class", "2"] + TINY_RUN) == 0
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["classes"] == ["blobs", "greys"] and summary["skipped_files"] == 1
+    assert summary["data"].startswith("RGB 6x6") and summary["samples_scored"] == 4
+    assert 0 <= summary["classifier_accuracy_on_samples"] <= 1
+    best = checkpoint.load(os.path.join(out, "best.pt"), keys=("step", "model"))
+    assert best["model"]["net.label.weight"].shape[0] == 3  # two classes and the null class
+    assert best["model"]["net.value_prior"].shape[0] == 3 * 6 * 6  # RGB 6x6 values
+
+
+def test_data_folder_without_subfolders_trains_unconditional(tmp_path):
+    from vdm_fast import cli
+
+    _write_images(str(tmp_path / "flat"), 9, seed=3)
+    out = str(tmp_path / "out")
+    assert cli.main(["demo", "--data", str(tmp_path / "flat"), "--out", out, "--samples-per-class", "3"] + TINY_RUN) == 0
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["classes"] == [] and summary["data"].startswith("grayscale 6x6")
+    assert "classifier_accuracy_on_samples" not in summary  # nothing to score without classes
+    assert os.path.getsize(os.path.join(out, "samples.png")) > 0
+
+
+@pytest.mark.parametrize("content", ["empty", "only_broken", "one_image"])
+def test_data_folder_with_nothing_to_train_on_exits_2(tmp_path, capsys, content):
+    from vdm_fast import cli
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    if content == "only_broken":
+        (folder / "a.png").write_bytes(b"garbage")
+        (folder / "b.jpg").write_bytes(b"")
+    elif content == "one_image":
+        _write_images(str(folder), 1)
+    assert cli.main(["demo", "--data", str(folder), "--out", str(tmp_path / "out")] + TINY_RUN) == 2
+    err = capsys.readouterr().err
+    assert f"--data {folder}" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "out" / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("value", ["missing", "a_file"])
+def test_data_flag_that_is_not_a_folder_exits_2_at_parse(tmp_path, capsys, value):
+    from vdm_fast import cli
+
+    path = tmp_path / "x.png"
+    if value == "a_file":
+        path.write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--data", str(path), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "argument --data:" in capsys.readouterr().err
+
+
+def test_size_without_data_exits_2(tmp_path, capsys):
+    from vdm_fast import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--size", "16", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "argument --size:" in capsys.readouterr().err

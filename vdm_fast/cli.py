@@ -20,10 +20,13 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import checkpoint, train
+    from .demo import checkpoint, data, train
 
     try:
         train.run(args)
+    except data.DataError as exc:  # --data names a folder with nothing to train on: a bad flag value
+        print(f"vdm-fast demo: error: {exc}", file=sys.stderr)
+        return 2
     except checkpoint.CheckpointError as exc:  # a file the user can act on, not a bug: no traceback
         print(f"vdm-fast demo: error: {exc}", file=sys.stderr)
         return 1
@@ -37,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_demo = sub.add_parser("demo", help="train a class-conditional VDM on 8x8 digits: bits/dim, guided samples")
-    from .demo.options import add_demo_arguments, check_output_folder
+    from .demo.options import add_demo_arguments, check_after_parsing
 
     add_demo_arguments(p_demo)
-    p_demo.set_defaults(func=_cmd_demo, validate=lambda args: check_output_folder(p_demo, args))
+    p_demo.set_defaults(func=_cmd_demo, validate=lambda args: check_after_parsing(p_demo, args))
 
     p_env = sub.add_parser("env", help="versions and which backends are built")
     p_env.set_defaults(func=_cmd_env)

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from .. import parameterization
-from .data import NUM_CLASSES
 
 LEVELS = 256
 
@@ -40,13 +39,15 @@ class FourierFeatures(nn.Module):
 
 
 class Denoiser(nn.Module):
-    NULL_CLASS = NUM_CLASSES  # the label of the unconditional model
+    """``dim`` values per image (channels x side x side); labels 0..num_classes-1, and
+    ``null_class`` = num_classes for the unconditional model (the only label when num_classes = 0)."""
 
-    def __init__(self, dim: int = 64, hidden: int = 256, depth: int = 3, embed: int = 64):
+    def __init__(self, dim: int = 64, num_classes: int = 10, hidden: int = 256, depth: int = 3, embed: int = 64):
         super().__init__()
         self.dim = dim
+        self.null_class = num_classes
         self.time = FourierFeatures(embed)
-        self.label = nn.Embedding(NUM_CLASSES + 1, embed)
+        self.label = nn.Embedding(num_classes + 1, embed)
         self.inp = nn.Linear(dim + 2 * embed, hidden)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth)

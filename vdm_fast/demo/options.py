@@ -88,6 +88,15 @@ def device(text: str) -> str:
     return text
 
 
+def image_folder(text: str) -> str:
+    """An existing folder this process can list and read (its images are checked when loaded)."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder" if os.path.exists(text) else f"{text!r} does not exist")
+    if not os.access(text, os.R_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be read")
+    return text
+
+
 def output_folder(text: str) -> str:
     """A folder the run can write to, created if missing: checked by writing a probe file, so a
     read-only place fails here and not at the first checkpoint."""
@@ -104,6 +113,11 @@ def output_folder(text: str) -> str:
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a short run (under 3 minutes on 2 CPU cores)")
+    p.add_argument("--data", type=image_folder, default=None,
+                   help="train on this folder of PNG/JPEG images instead of the digits (class labels from "
+                        "subfolder names when present, unconditional otherwise)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="with --data: images are centre-cropped to a square and resized to SIZE x SIZE (default 8)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default 6000; 1200 with --quick)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
     p.add_argument("--lr", type=positive_float, default=2e-3)
@@ -125,9 +139,14 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def check_output_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--out checked after parsing (argparse would create the default folder on every --help):
-    an error naming the flag, exit code 2, before any work."""
+def check_after_parsing(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What one flag's type cannot check, with the same error (naming the flag, exit code 2) before
+    any work: --out (probed here, not as a type: argparse would create the default folder on every
+    --help) and --size without --data (the digits are 8x8; ignoring it would be silent)."""
+    if args.size is not None and args.data is None:
+        parser.error("argument --size: applies to --data images (the digits are 8x8)")
+    if args.size is None:
+        args.size = 8
     try:
         output_folder(args.out)
     except argparse.ArgumentTypeError as exc:

@@ -14,17 +14,24 @@ def _pyplot():
     return plt
 
 
-def sample_grid(pixels: torch.Tensor, rows: int, path: str, title: str) -> None:
-    """pixels: (rows*cols, 1, 8, 8) 8-bit values, row-major by class."""
+def sample_grid(pixels: torch.Tensor, rows: int, path: str, title: str, row_names: list[str] | None = None,
+                grey_cmap: str = "gray") -> None:
+    """pixels: (rows*cols, C, S, S) 8-bit values (C = 1 grey, 3 RGB), row-major (one row per class).
+    ``grey_cmap``: "gray_r" for ink values (the digits: 0 is blank paper)."""
     plt = _pyplot()
     cols = pixels.shape[0] // rows
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.5))
+    fig, axes = plt.subplots(rows, cols, figsize=(max(cols * 0.6, 4.0), rows * 0.6 + 0.5), squeeze=False)
     for i, ax in enumerate(axes.flat):
-        ax.imshow(pixels[i, 0].numpy(), cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+        img = pixels[i]
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap=grey_cmap, vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(img.permute(1, 2, 0).to(torch.uint8).numpy(), interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         if i % cols == 0:
-            ax.set_ylabel(str(i // cols), rotation=0, labelpad=8, fontsize=8)
+            label = row_names[i // cols] if row_names else ""
+            ax.set_ylabel(label, rotation=0, labelpad=8, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -36,9 +36,9 @@ from .. import guidance, parameterization, samplers
 from ..schedules import LearnedLinearGamma
 from . import checkpoint, data
 from .baseline import PerPixelCategorical
-from .classifier import DigitClassifier
+from .classifier import ImageClassifier
 from .model import Denoiser
-from .options import add_demo_arguments, check_output_folder
+from .options import add_demo_arguments, check_after_parsing
 
 LABEL_DROPOUT = 0.1
 # What a demo checkpoint holds (checkpoint.load refuses a file without one of them).
@@ -51,9 +51,11 @@ CHECKPOINT_KEYS = ("step", "model", "ema", "optimizer", "lr_schedule", "history"
 class VDM(nn.Module):
     """The denoiser and its learned schedule, trained together (one module for DDP)."""
 
-    def __init__(self, hidden: int = 256, depth: int = 3):
+    def __init__(self, hidden: int = 256, depth: int = 3, image_shape: tuple[int, int, int] = (1, 8, 8),
+                 num_classes: int = data.NUM_CLASSES):
         super().__init__()
-        self.net = Denoiser(hidden=hidden, depth=depth)
+        self.image_shape = tuple(image_shape)
+        self.net = Denoiser(dim=math.prod(image_shape), num_classes=num_classes, hidden=hidden, depth=depth)
         # gamma(0) = -13.5: sigma_0 ~ 1e-3, a sixth of an 8-bit bin, so the categorical decoder
         # costs ~0 bits; gamma(1) = 7: the prior term is ~5e-4 bits/dim. Both endpoints are learned.
         self.schedule = LearnedLinearGamma(gamma_min=-13.5, gamma_max=7.0)
@@ -84,11 +86,12 @@ class Batch:
         return Batch(self.index[sl], self.t[sl], self.noise[sl], self.recon_noise[sl], self.drop[sl])
 
 
-def draw_batch(n_train: int, global_batch: int, seed: int, step: int) -> Batch:
+def draw_batch(n_train: int, global_batch: int, seed: int, step: int,
+               image_shape: tuple[int, int, int] = (1, data.SIDE, data.SIDE)) -> Batch:
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
     index = torch.randint(0, n_train, (global_batch,), generator=gen)
     t = elbo_mod.sample_time(global_batch, antithetic=True, generator=gen)
-    shape = (global_batch, 1, data.SIDE, data.SIDE)
+    shape = (global_batch, *image_shape)
     noise = torch.randn(shape, generator=gen)
     recon_noise = torch.randn(shape, generator=gen)
     drop = torch.rand(global_batch, generator=gen) < LABEL_DROPOUT
@@ -98,7 +101,8 @@ def draw_batch(n_train: int, global_batch: int, seed: int, step: int) -> Batch:
 def train_loss(model: nn.Module, train: data.Split, batch: Batch, device) -> torch.Tensor:
     """Mean bits/dim over the (local) batch: DDP's gradient average then equals the global mean."""
     x = train.images[batch.index].to(device)
-    labels = torch.where(batch.drop, torch.full_like(batch.index, Denoiser.NULL_CLASS), train.labels[batch.index])
+    null = (model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model).net.null_class
+    labels = torch.where(batch.drop, torch.full_like(batch.index, null), train.labels[batch.index])
     return model(x, labels.to(device), batch.t.to(device), batch.noise.to(device), batch.recon_noise.to(device)).mean()
 
 
@@ -146,15 +150,19 @@ def evaluate(vdm: VDM, split: data.Split, device, repeats: int, seed: int, rank:
 
 @torch.no_grad()
 def sample(vdm: VDM, per_class: int, steps: int, guidance_scale: float, seed: int, device) -> torch.Tensor:
-    """8-bit samples, ``per_class`` for each class, class-major, by CFG-guided ancestral sampling."""
-    labels = torch.arange(data.NUM_CLASSES).repeat_interleave(per_class).to(device)
+    """8-bit samples by ancestral sampling: ``per_class`` for each class, class-major, with
+    classifier-free guidance; ``per_class`` unconditional ones when the model has no classes."""
+    classes, null = vdm.net.null_class, vdm.net.null_class
+    labels = torch.arange(max(classes, 1)).repeat_interleave(per_class).to(device)
     gen = torch.Generator(device=device).manual_seed(seed + 777)
-    z = torch.randn((labels.shape[0], 1, data.SIDE, data.SIDE), generator=gen, device=device)
-    model = guidance.classifier_free(lambda zz, tt, yy: vdm.net(zz, -vdm.schedule.gamma(tt), yy), labels,
-                                     Denoiser.NULL_CLASS)
+    z = torch.randn((labels.shape[0], *vdm.image_shape), generator=gen, device=device)
+    net = lambda zz, tt, yy: vdm.net(zz, -vdm.schedule.gamma(tt), yy)  # noqa: E731
     times = samplers.uniform_times(steps).to(device)
-    z0 = samplers.sample_ancestral(model, z, vdm.schedule, times, guidance_scale=guidance_scale, clip=1.0,
-                                   generator=gen)
+    if classes:
+        model, scale = guidance.classifier_free(net, labels, null), guidance_scale
+    else:
+        model, scale = (lambda zz, tt: net(zz, tt, torch.full_like(labels, null))), None
+    z0 = samplers.sample_ancestral(model, z, vdm.schedule, times, guidance_scale=scale, clip=1.0, generator=gen)
     # Decode: the most likely 8-bit value given z_0 is the bin centre nearest z_0 / alpha_0.
     alpha0 = parameterization.alpha_sigma(vdm.schedule.gamma(torch.zeros(1, device=device)))[0]
     return data.from_model_space((z0 / alpha0).cpu())
@@ -198,9 +206,10 @@ def run(args) -> dict:
     log = print if rank == 0 else (lambda *a, **k: None)
 
     torch.manual_seed(args.seed)
-    train, held_out = data.load(seed=args.seed)
+    dataset = data.load_folder(args.data, args.size, seed=args.seed) if args.data else data.load(seed=args.seed)
+    train, held_out = dataset.train, dataset.held_out
     baseline_bpd = PerPixelCategorical(train.pixels).bits_per_dim(held_out.pixels)
-    vdm = VDM().to(device)
+    vdm = VDM(image_shape=dataset.image_shape, num_classes=dataset.num_classes).to(device)
     # The weights the run evaluates, samples and keeps: an exponential moving average of the
     # trained ones (PyTorch's own AveragedModel; buffers averaged too).
     ema = AveragedModel(vdm, multi_avg_fn=get_ema_multi_avg_fn(ema_decay(steps)), use_buffers=True)
@@ -229,7 +238,10 @@ def run(args) -> dict:
         log(f"resumed from {ckpt_path} at step {start}")
     ddp = nn.parallel.DistributedDataParallel(vdm) if world > 1 else vdm
 
-    log(f"vdm-fast demo: {len(train.labels)} training / {len(held_out.labels)} held-out digits, {world} process(es), "
+    if dataset.skipped:
+        log(f"skipped {len(dataset.skipped)} file(s) that could not be decoded as images, e.g. {dataset.skipped[0]}")
+    log(f"vdm-fast demo: {dataset.description}: {len(train.labels)} training / {len(held_out.labels)} held-out, "
+        f"{world} process(es), "
         f"{steps} steps of batch {args.batch_size} on {device}; per-pixel baseline {baseline_bpd:.3f} bits/dim")
     bar = None
     if rank == 0 and not args.no_progress:
@@ -238,7 +250,7 @@ def run(args) -> dict:
         bar = tqdm(total=steps, initial=start, desc="training", unit="step")
     t0 = time.time()
     for step in range(start, steps):
-        batch = draw_batch(len(train.labels), args.batch_size, args.seed, step).shard(rank, world)
+        batch = draw_batch(len(train.labels), args.batch_size, args.seed, step, dataset.image_shape).shard(rank, world)
         loss = train_loss(ddp, train, batch, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -282,7 +294,7 @@ def run(args) -> dict:
     kept = checkpoint.load(best_path, keys=("step", "model", "held_out"))
     if kept is None:
         raise checkpoint.CheckpointError(f"{best_path} is missing (deleted?); pass --fresh to train again")
-    chosen = VDM().to(device)
+    chosen = VDM(image_shape=dataset.image_shape, num_classes=dataset.num_classes).to(device)
     chosen.load_state_dict(kept["model"])
     best = {"step": kept["step"], **json.loads(kept["held_out"])}
     final = evaluate(chosen, held_out, device, repeats, args.seed + 1, rank, world)
@@ -294,19 +306,26 @@ def run(args) -> dict:
         from . import plots
 
         pixels = sample(chosen, args.samples_per_class, sample_steps, args.guidance_scale, args.seed, device)
-        wanted = torch.arange(data.NUM_CLASSES).repeat_interleave(args.samples_per_class)
-        clf = DigitClassifier(train.pixels, train.labels)
-        summary.update({
-            "guidance_scale": args.guidance_scale,
-            "sample_steps": sample_steps,
-            "samples_scored": int(wanted.numel()),
-            "classifier_accuracy_on_samples": clf.accuracy(pixels, wanted),
-            "classifier_accuracy_on_held_out": clf.accuracy(held_out.pixels, held_out.labels),
-        })
-        agree = round(summary["classifier_accuracy_on_samples"] * wanted.numel())
-        plots.sample_grid(pixels, data.NUM_CLASSES, os.path.join(args.out, "samples.png"),
-                          f"CFG samples (w={args.guidance_scale}), one row per class; "
-                          f"classifier agrees on {agree} of {wanted.numel()}")
+        summary.update({"data": dataset.description, "classes": dataset.classes, "skipped_files": len(dataset.skipped),
+                        "sample_steps": sample_steps})
+        rows = max(dataset.num_classes, 1)
+        if dataset.num_classes >= 2:
+            # Evidence that guidance works: a classifier trained on the training split labels the samples.
+            wanted = torch.arange(dataset.num_classes).repeat_interleave(args.samples_per_class)
+            clf = ImageClassifier(train.pixels, train.labels, digits=not args.data)
+            summary.update({
+                "guidance_scale": args.guidance_scale,
+                "samples_scored": int(wanted.numel()),
+                "classifier_accuracy_on_samples": clf.accuracy(pixels, wanted),
+                "classifier_accuracy_on_held_out": clf.accuracy(held_out.pixels, held_out.labels),
+            })
+            agree = round(summary["classifier_accuracy_on_samples"] * wanted.numel())
+            title = (f"CFG samples (w={args.guidance_scale}), one row per class; "
+                     f"classifier agrees on {agree} of {wanted.numel()}")
+        else:
+            title = "unconditional samples"
+        plots.sample_grid(pixels, rows, os.path.join(args.out, "samples.png"), title, dataset.classes or None,
+                          grey_cmap="gray" if args.data else "gray_r")
         plots.training_curve(history, baseline_bpd, os.path.join(args.out, "training_curve.png"), best["step"])
         with open(os.path.join(args.out, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=1)
@@ -316,9 +335,11 @@ def run(args) -> dict:
         log(f"  total     {_fmt(final, 'total_bpd')} bits/dim, {verdict} the per-pixel baseline {baseline_bpd:.3f}")
         for term in ("recon", "prior", "diffusion"):
             log(f"  {term:<9} {_fmt(final, term + '_bpd', 4)}")
-        log(f"guided samples: the digit classifier agrees with the requested class on {agree} of {wanted.numel()} "
-            f"({100 * summary['classifier_accuracy_on_samples']:.1f}%; it scores "
-            f"{100 * summary['classifier_accuracy_on_held_out']:.1f}% on {len(held_out.labels)} real held-out digits)")
+        if "samples_scored" in summary:
+            log(f"guided samples: the classifier agrees with the requested class on {agree} of {wanted.numel()} "
+                f"({100 * summary['classifier_accuracy_on_samples']:.1f}%; it scores "
+                f"{100 * summary['classifier_accuracy_on_held_out']:.1f}% on {len(held_out.labels)} real held-out "
+                "images)")
         log(f"wrote {args.out}/samples.png, training_curve.png, summary.json, best.pt, checkpoint.pt")
     if world > 1:
         dist.barrier()
@@ -344,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vdm-fast demo", description=__doc__.splitlines()[0])
     add_demo_arguments(parser)
     args = parser.parse_args(argv)
-    check_output_folder(parser, args)
+    check_after_parsing(parser, args)
     run(args)
     shutdown()
     return 0
