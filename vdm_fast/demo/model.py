@@ -42,15 +42,19 @@ class Denoiser(nn.Module):
     """``dim`` values per image (channels x side x side); labels 0..num_classes-1, and
     ``null_class`` = num_classes for the unconditional model (the only label when num_classes = 0)."""
 
-    def __init__(self, dim: int = 64, num_classes: int = 10, hidden: int = 256, depth: int = 3, embed: int = 64):
+    def __init__(self, dim: int = 64, num_classes: int = 10, hidden: int = 256, depth: int = 3, embed: int = 64,
+                 dropout: float = 0.0):
         super().__init__()
         self.dim = dim
         self.null_class = num_classes
         self.time = FourierFeatures(embed)
         self.label = nn.Embedding(num_classes + 1, embed)
         self.inp = nn.Linear(dim + 2 * embed, hidden)
+        # Dropout inside each residual branch (as DDPM's and improved-diffusion's ResBlocks have it):
+        # see VDM.__init__ for why the demo uses it.
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth)
+            nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
+            for _ in range(depth)
         )
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim * LEVELS))
         nn.init.zeros_(self.out[-1].weight)

@@ -70,6 +70,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    value = _finite(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
 def device(text: str) -> str:
     import torch
 
@@ -121,6 +128,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default 6000; 1200 with --quick)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
     p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--dropout", type=probability, default=0.2, help="dropout in the network's residual branches")
     p.add_argument("--eval-every", type=positive_int, default=None, help="steps between held-out evaluations")
     p.add_argument("--ckpt-every", type=positive_int, default=250, help="steps between checkpoints")
     p.add_argument("--eval-repeats", type=at_least_two, default=None,
