@@ -1,4 +1,6 @@
-"""``vdm-fast demo``: train a class-conditional VDM on 8x8 digits, evaluate bits/dim, sample.
+"""``vdm-fast demo``: train a VDM on 8x8 digits or your own images, evaluate bits/dim, sample.
+
+The digits by default; ``--data DIR`` trains on a folder of images instead (vdm_fast/demo/data.py).
 
 What it shows, end to end, on two CPU cores:
 
@@ -6,11 +8,14 @@ What it shows, end to end, on two CPU cores:
    under a learned linear noise schedule (``LearnedLinearGamma``, endpoints learned with the
    model) and the continuous-time ELBO, in bits/dim, as the loss. Labels are dropped to the null
    class 10 % of the time, so the same network is also the unconditional model.
-2. Held-out bits/dim, per term (recon, prior, diffusion) and total, next to a per-pixel
-   categorical baseline.
-3. Classifier-free guided ancestral sampling, one row per class, written as a PNG, and a digit
+2. Held-out bits/dim, per term (recon, prior, diffusion) and total, each with its Monte Carlo
+   standard error, next to a per-pixel categorical baseline; evaluated at regular intervals for the
+   trained weights and their exponential moving average (``torch.optim.swa_utils.AveragedModel``).
+   The EMA weights of the best evaluation are kept (``best.pt``) and are what the headline, the
+   samples and the classifier score use.
+3. Classifier-free guided ancestral sampling, one row per class, written as a PNG, and a
    classifier (trained in the same run on the training split) scoring the samples.
-4. Atomic checkpoints every ``--ckpt-every`` steps; rerunning the command resumes.
+4. Atomic, checksummed checkpoints every ``--ckpt-every`` steps; rerunning the command resumes.
 5. Multi-process: under ``torchrun --nproc_per_node=N`` each process trains on its slice of the
    same global batch (DistributedDataParallel; gloo on CPU, nccl on GPU) and the held-out ELBO
    is all-reduced.
