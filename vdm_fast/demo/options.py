@@ -19,31 +19,27 @@ import tempfile
 MAX_SEED = 2**32 - 1
 
 
-def positive_int(text: str) -> int:
+def _integer(text: str, low: int, high: int | None, what: str) -> int:
+    """int(text) in [low, high], else the flag's error saying ``what`` it must be."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _integer(text, 1, None, "a positive integer")
 
 
 def at_least_two(text: str) -> int:
-    value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError("must be at least 2 (a standard error needs two draws per image)")
-    return value
+    return _integer(text, 2, None, "an integer >= 2 (a standard error needs two draws per image)")
 
 
 def seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {value}")
-    return value
+    return _integer(text, 0, MAX_SEED, f"an integer in [0, {MAX_SEED}]")
 
 
 def _finite(text: str) -> float:

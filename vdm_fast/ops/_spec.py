@@ -137,21 +137,28 @@ class OpSpec:
             self.__dict__["_plan"] = plan
         return plan
 
+    def _plain_first(self, values, plan) -> torch.Tensor | None:
+        """The first data argument when the call may take a fast path (one value per argument, that
+        one a float32/float64 tensor: half data follows the general path's promotion and autocast
+        rules), else None."""
+        if len(values) != len(self.args):
+            return None
+        first = values[plan[0][0]]
+        if type(first) is not torch.Tensor:
+            return None
+        dtype = first.dtype
+        return first if dtype is torch.float32 or dtype is torch.float64 else None
+
     def _prepare_fast(self, values, plan) -> tuple | None:
         """The common call, checked in a few attribute reads: data tensors of one float32/float64
         dtype, shape and device; coefficients already contiguous (B,) tensors of that dtype there;
         choices spelled canonically. None when anything differs (the general path then checks,
         converts and names the argument). Value checks (positive scales, decoder ranges) still run."""
         data_idx, coeff_idx, choice_idx, positive_idx, bounds_idx = plan
-        if len(values) != len(self.args):
+        first = self._plain_first(values, plan)
+        if first is None:
             return None
-        first = values[data_idx[0]]
-        if type(first) is not torch.Tensor:
-            return None
-        dtype = first.dtype
-        if dtype is not torch.float32 and dtype is not torch.float64:
-            return None  # half data: promotion and autocast rules, the general path
-        shape, device = first.shape, first.device
+        dtype, shape, device = first.dtype, first.shape, first.device
         if not shape:
             return None
         for i in data_idx[1:]:
@@ -242,18 +249,15 @@ class OpSpec:
         name the argument, so here only what they cannot see is checked: every data/coefficient
         argument a tensor, float32/float64 data (half data follows the promotion rules of the
         general path), choices spelled canonically, a native implementation; and, as they are cheap
-        to see, one dtype and 1-D coefficients. An input the op refuses goes to the general path, which converts it (a float alpha, a (B, 1, 1, 1) one,
-        mixed dtypes) or raises its own message. Value checks (positive scales, decoder ranges)
-        run after the op, so a shape error is reported before them, as on the general path."""
+        to see, one dtype and 1-D coefficients. An input the op refuses goes to the general path,
+        which converts it (a float alpha, a (B, 1, 1, 1) one, mixed dtypes) or raises its own
+        message. Value checks (positive scales, decoder ranges) run after the op, so a shape error
+        is reported before them, as on the general path."""
         data_idx, coeff_idx, choice_idx, positive_idx, bounds_idx = plan
-        if len(values) != len(self.args):
-            return None
-        first = values[data_idx[0]]
-        if type(first) is not torch.Tensor:
+        first = self._plain_first(values, plan)
+        if first is None:
             return None
         dtype = first.dtype
-        if dtype is not torch.float32 and dtype is not torch.float64:
-            return None
         entry = self._impl_memo.get((backend, first.device)) or self._memoised_impl(backend, first.device)
         if not entry[1]:
             return None
