@@ -11,6 +11,7 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "autograd.h"
@@ -36,7 +37,10 @@ namespace vdm_fast {
 namespace cpu {
 namespace {
 
-// float64: per element, summed in double (the loop is scalar: an exp per bin dominates it).
+// float64 compute: scalar, per element. Sub-segment length for the per-sample sums (partials are
+// combined in double).
+constexpr int64_t kSumBlock = 1024;
+
 template <typename scalar_t, typename acc_t>
 double recon_nll_segment(const scalar_t* __restrict x, const scalar_t* __restrict z, acc_t alpha, acc_t sigma, int L,
                          int64_t n) {
@@ -52,7 +56,7 @@ double recon_nll_segment(const scalar_t* __restrict x, const scalar_t* __restric
 template <typename scalar_t, typename acc_t>
 void recon_nll_backward_segment(scalar_t* __restrict gz, const scalar_t* __restrict x, const scalar_t* __restrict z,
                                 acc_t g, acc_t alpha, acc_t sigma, int L, int64_t n, double* sums) {
-  double sa = 0, ss = 0;
+  double sa = 0, ss = 0;  // summed in double, as the forward
   for (int64_t i = 0; i < n; ++i) {
     const int kstar = recon::bin_index(static_cast<double>(x[i]));
     const auto e = recon::element<acc_t, true>(static_cast<acc_t>(z[i]), alpha, sigma, kstar, L);
@@ -80,7 +84,10 @@ at::Tensor recon_nll_cpu(const at::Tensor& x0, const at::Tensor& z0, const at::T
         acc_out[0] += with_cpu_isa([&] { return recon_vec::forward_segment(p.x + begin, p.z + begin, c, end - begin); });
       } else {
         const int L = recon::window_bins(p.alpha[b], p.sigma[b]);
-        acc_out[0] += recon_nll_segment<scalar_t, acc>(p.x + begin, p.z + begin, p.alpha[b], p.sigma[b], L, end - begin);
+        for (int64_t i = begin; i < end; i += kSumBlock) {
+          acc_out[0] += recon_nll_segment<scalar_t, acc>(p.x + i, p.z + i, p.alpha[b], p.sigma[b], L,
+                                                         std::min(kSumBlock, end - i));
+        }
       }
     });
     acc* op_ = out.mutable_data_ptr<acc>();
@@ -107,11 +114,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recon_nll_backward_cpu(const at::
         with_cpu_isa([&] { recon_vec::backward_segment(gz, p.x + begin, p.z + begin, c, p.grad[b], end - begin, out); });
       } else {
         const int L = recon::window_bins(p.alpha[b], p.sigma[b]);
-        double part[2] = {0, 0};
-        recon_nll_backward_segment<scalar_t, acc>(gz, p.x + begin, p.z + begin, p.grad[b], p.alpha[b], p.sigma[b], L,
-                                                  end - begin, part);
-        out[0] += part[0];
-        out[1] += part[1];
+        for (int64_t i = begin; i < end; i += kSumBlock) {
+          double part[2] = {0, 0};
+          recon_nll_backward_segment<scalar_t, acc>(gz ? gz + (i - begin) : nullptr, p.x + i, p.z + i, p.grad[b],
+                                                    p.alpha[b], p.sigma[b], L, std::min(kSumBlock, end - i), part);
+          out[0] += part[0];
+          out[1] += part[1];
+        }
       }
     });
     for (int64_t b = 0; b < B; ++b) {

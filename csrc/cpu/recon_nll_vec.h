@@ -51,16 +51,18 @@ inline Coeffs coeffs(float alpha, float sigma) {
   return {alpha, sigma, r * (1.0f / 256.0f), 1.0f / sigma, recon::window_bins(alpha, sigma)};
 }
 
-// w(a, b) = u_a + u_b = 2z - alpha (c_a + c_b), for bins a + b = ab; one expression used for every
-// pair, so that w(m, k) and w(k, m) are the same float.
-inline float pair_sum(float z, float alpha, int ab) {
-  const float cc = static_cast<float>(ab + 1) * (1.0f / 128.0f) - 2.0f;  // c_a + c_b, exact
-  return 2.0f * z - alpha * cc;
+// w(a, b) = u_a + u_b = 2z - alpha (c_a + c_b) from z2 = 2z (exact) and a + b + 1 (an integer, as a
+// float); one expression used for every pair, so that w(m, k) and w(k, m) are the same float. z2
+// is always read from the tile, never 2 * z formed in the same expression: FMA contraction could
+// then fuse 2 * z instead of alpha * cc, and one loop would round w differently from another.
+inline float pair_sum(float z2, float alpha, float ab1) {
+  const float cc = ab1 * (1.0f / 128.0f) - 2.0f;  // c_a + c_b, exact
+  return z2 - alpha * cc;
 }
 
-// l_k - l_m from k - m and w(m, k) (see the top of the file); 0 at k = m.
-inline float log_ratio(const Coeffs& c, int k_minus_m, float w) {
-  return (c.half_r_bin * static_cast<float>(k_minus_m)) * (c.inv_sigma * w);
+// l_k - l_m from k - m (an integer, as a float) and w(m, k) (see the top of the file); 0 at k = m.
+inline float log_ratio(const Coeffs& c, float k_minus_m, float w) {
+  return (c.half_r_bin * k_minus_m) * (c.inv_sigma * w);
 }
 
 // recon::bin_index for a tile: round((x + 1) * 128 - 1/2) in float64, ties to even, clamped
@@ -84,8 +86,8 @@ inline void bins_of_x(const scalar_t* __restrict x, int n, int* __restrict kstar
 // y + 1.5 * 2^23 rounds y to an integer (nearest-even) held in the low bits of the sum, exact for
 // |y| < 2^22 and on the right side of the clamp beyond that (a negative sum, y <= -1.5 * 2^23, is
 // taken as 0); one is subtracted where that rounded up. NaN gives bin 0, as in nearest_bin.
-inline void nearest_bins(const float* __restrict z, const Coeffs& c, int n, int* __restrict m_out,
-                         int* __restrict lo_out) {
+inline void nearest_bins(const float* __restrict z, const float* __restrict z2, const Coeffs& c, int n,
+                         int* __restrict m_out, int* __restrict lo_out) {
   constexpr float kShifter = 12582912.0f;  // 1.5 * 2^23
   const int32_t shifter_bits = static_cast<int32_t>(fmath::float_as_bits(kShifter));
   const int L = c.L;
@@ -98,8 +100,10 @@ inline void nearest_bins(const float* __restrict z, const Coeffs& c, int n, int*
     const int fl = rounded - static_cast<int>(sum - kShifter > y);
     const int m0 = std::min(std::max(fl, 0), recon::kBins - 1) & -static_cast<int>(y == y);
     // l_{m0 +- 1} - l_{m0} has the sign of +-w(m0, m0 +- 1)
-    const int up = static_cast<int>(m0 < recon::kBins - 1) & static_cast<int>(pair_sum(z[i], c.alpha, 2 * m0 + 1) > 0.0f);
-    const int down = static_cast<int>(m0 > 0) & static_cast<int>(pair_sum(z[i], c.alpha, 2 * m0 - 1) < 0.0f) & (1 - up);
+    const int up = static_cast<int>(m0 < recon::kBins - 1) &
+                   static_cast<int>(pair_sum(z2[i], c.alpha, static_cast<float>(2 * m0 + 2)) > 0.0f);
+    const int down = static_cast<int>(m0 > 0) &
+                     static_cast<int>(pair_sum(z2[i], c.alpha, static_cast<float>(2 * m0)) < 0.0f) & (1 - up);
     const int m = m0 + up - down;
     m_out[i] = m;
     lo_out[i] = std::min(std::max(m - (L - 1) / 2, 0), recon::kBins - L);
@@ -113,9 +117,9 @@ inline void nearest_bins(const float* __restrict z, const Coeffs& c, int n, int*
 // count GCC 12's PRE splits exp_f's range selects into branches around trapping arithmetic, and
 // then only the AVX-512 copy (masked operations) vectorises.
 template <bool GRAD>
-inline void window_sums(const float* __restrict z, const int* __restrict kstar, const int* __restrict m,
-                        const int* __restrict lo, const Coeffs& c, int n, float* __restrict s, float* __restrict sd,
-                        float* __restrict sd2) {
+inline void window_sums(const float* __restrict z2, const float* __restrict lo_m1, const float* __restrict lo_m,
+                        const float* __restrict lo_ks, const Coeffs& c, int n, float* __restrict s,
+                        float* __restrict sd, float* __restrict sd2) {
   for (int i = 0; i < n; ++i) {
     s[i] = 0.0f;
     if (GRAD) {
@@ -124,12 +128,12 @@ inline void window_sums(const float* __restrict z, const int* __restrict kstar, 
     }
   }
   for (int j = 0; j < c.L; ++j) {
+    const float fj = static_cast<float>(j);  // bin k = lo + j; these integer sums are exact in float
     for (int i = 0; i < n; ++i) {
-      const int k = lo[i] + j;
-      const float e = fmath::exp_f(log_ratio(c, k - m[i], pair_sum(z[i], c.alpha, m[i] + k)));
+      const float e = fmath::exp_f(log_ratio(c, lo_m[i] + fj, pair_sum(z2[i], c.alpha, lo_m1[i] + fj)));
       s[i] += e;
       if (GRAD) {
-        const float d = static_cast<float>(k - kstar[i]) * (1.0f / 128.0f);
+        const float d = (lo_ks[i] + fj) * (1.0f / 128.0f);
         const float ed = e * d;
         sd[i] += ed;
         sd2[i] += ed * d;
@@ -140,18 +144,27 @@ inline void window_sums(const float* __restrict z, const int* __restrict kstar, 
 
 // The state of one tile.
 struct Tile {
-  float z[kTile];
+  float z[kTile], z2[kTile];
   int kstar[kTile], m[kTile], lo[kTile];
+  float lo_m1[kTile], lo_m[kTile], lo_ks[kTile];  // lo + m + 1, lo - m, lo - k*: k - m = lo - m + j, ...
   float s[kTile], sd[kTile], sd2[kTile];
   float t0[kTile], t1[kTile];  // per-element terms of the per-sample sums
 };
 
-// Loads z0 into the tile as float and bins both x0 and z0.
+// Loads z0 into the tile as float, bins both x0 and z0 and forms what the bin loop reads per element.
 template <typename scalar_t>
 inline void load(Tile& t, const scalar_t* __restrict x, const scalar_t* __restrict z, const Coeffs& c, int n) {
-  for (int i = 0; i < n; ++i) t.z[i] = static_cast<float>(z[i]);
+  for (int i = 0; i < n; ++i) {
+    t.z[i] = static_cast<float>(z[i]);
+    t.z2[i] = 2.0f * t.z[i];
+  }
   bins_of_x(x, n, t.kstar);
-  nearest_bins(t.z, c, n, t.m, t.lo);
+  nearest_bins(t.z, t.z2, c, n, t.m, t.lo);
+  for (int i = 0; i < n; ++i) {
+    t.lo_m1[i] = static_cast<float>(t.lo[i] + t.m[i] + 1);
+    t.lo_m[i] = static_cast<float>(t.lo[i] - t.m[i]);
+    t.lo_ks[i] = static_cast<float>(t.lo[i] - t.kstar[i]);
+  }
 }
 
 // Adds term[0..n) to the per-lane partials; the rest of the tile is zeroed first.
@@ -175,11 +188,11 @@ double forward_segment(const scalar_t* __restrict x, const scalar_t* __restrict 
   for (int64_t i0 = 0; i0 < n; i0 += kTile) {
     const int len = static_cast<int>(std::min<int64_t>(n - i0, kTile));
     load(t, x + i0, z + i0, c, len);
-    window_sums<false>(t.z, t.kstar, t.m, t.lo, c, len, t.s, nullptr, nullptr);
+    window_sums<false>(t.z2, t.lo_m1, t.lo_m, t.lo_ks, c, len, t.s, nullptr, nullptr);
     for (int i = 0; i < len; ++i) {
       // nll = l_m - l_* + log S
-      const float w = pair_sum(t.z[i], c.alpha, t.m[i] + t.kstar[i]);
-      t.t0[i] = fmath::log_f(t.s[i]) - log_ratio(c, t.kstar[i] - t.m[i], w);
+      const float w = pair_sum(t.z2[i], c.alpha, static_cast<float>(t.m[i] + t.kstar[i] + 1));
+      t.t0[i] = fmath::log_f(t.s[i]) - log_ratio(c, static_cast<float>(t.kstar[i] - t.m[i]), w);
     }
     add_to_lanes(t.t0, len, lanes);
   }
@@ -196,7 +209,7 @@ void backward_segment(scalar_t* __restrict gz, const scalar_t* __restrict x, con
   for (int64_t i0 = 0; i0 < n; i0 += kTile) {
     const int len = static_cast<int>(std::min<int64_t>(n - i0, kTile));
     load(t, x + i0, z + i0, c, len);
-    window_sums<true>(t.z, t.kstar, t.m, t.lo, c, len, t.s, t.sd, t.sd2);
+    window_sums<true>(t.z2, t.lo_m1, t.lo_m, t.lo_ks, c, len, t.s, t.sd, t.sd2);
     for (int i = 0; i < len; ++i) {
       recon::Sums<float> e;
       e.ed = t.sd[i] / t.s[i];
