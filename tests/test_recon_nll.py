@@ -111,6 +111,26 @@ def test_gradcheck_fp64(backend, sigma_range):
     assert torch.autograd.gradcheck(lambda *a: vdm_fast.recon_nll(x0, *a, backend=name), (z0, alpha, sigma))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_window_lengths_across_tiles_matches_reference(backend, dtype):
+    """Samples longer than the CPU kernel's 128-element tiles and not a multiple of them
+    (csrc/cpu/recon_nll_vec.h), with window lengths 3, 5, 23, 115 and all 256 bins side by side,
+    data in the bins at both ends of [-1, 1] (windows shifted to stay on the grid), in every data
+    dtype that computes in float32; value and gradients."""
+    name, device = backend
+    sigma = torch.tensor([1e-4, 1.3e-3, 1e-2, 5e-2, 0.3], dtype=torch.float64)
+    alpha = torch.sqrt(1 - sigma**2)
+    B, D = sigma.shape[0], 2 * 128 + 37
+    x = grid_data((B, D), "cpu")
+    ends = torch.tensor([0, 1, 254, 255], dtype=torch.float64)
+    x[:, :4] = 2 * (ends + 0.5) / 256 - 1
+    z = alpha[:, None] * x + sigma[:, None] * torch.randn(B, D, dtype=torch.float64)
+    x0, z0 = x.to(dtype).to(device), z.to(dtype).to(device)
+    upstream = torch.tensor([1.0, 0.5, 2.0, -1.0, 3.0], device=device)
+    check_against_reference(name, (x0, z0, alpha.float().to(device), sigma.float().to(device)), upstream, msg=str(dtype))
+
+
 def _edge_inputs(dtype, device):
     """z0 next to every edge between two bins, on both sides (1, 2 and 4 ulps of the dtype, and
     1e-7), with x0 in the bin on z0's side: the nearest bin is the true one, but z0/alpha in bins
@@ -136,7 +156,7 @@ def _edge_inputs(dtype, device):
 @pytest.mark.parametrize("backend", backend_params("recon_nll", include_reference=True))
 @pytest.mark.parametrize("gamma_0", [-20.0, -30.0, -40.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_finite_next_to_every_bin_edge(backend, gamma_0, dtype):
+def test_finite_next_to_every_bin_edge_and_matches_reference(backend, gamma_0, dtype):
     """Issue 15: at gamma_0 = -30 in float32 the bin estimate snapped to the neighbour and the true
     bin's term overflowed exp (+inf, NaN gradient) where the value is finite. Every backend is now
     finite there, value and gradients, and equals the reference within the running error bound

@@ -1,16 +1,24 @@
-// recon_nll: its schema and autograd (csrc/autograd.h), and on the CPU per-sample sums of the categorical decoder's per-element nll, and the fused
-// backward. The 256-way log-softmax is evaluated in registers over a window of bins
-// (csrc/recon_nll_math.h); nothing of size B x D x 256 exists.
+// recon_nll: its schema and autograd (csrc/autograd.h), and on the CPU per-sample sums of the
+// categorical decoder's per-element nll, and the fused backward. The 256-way log-softmax is
+// evaluated in registers over a window of bins (csrc/recon_nll_math.h); nothing of size
+// B x D x 256 exists.
 //
-// The inner loops call exp once per summed bin: a handful per element at VDM's sigma_0 (the
-// window is 3-5 bins for sigma_0/alpha_0 ~ 1e-3), all 256 only when sigma_0/alpha_0 is large.
+// float32 compute (float, half and bfloat16 data) runs csrc/cpu/recon_nll_vec.h: vectorised across
+// elements, one fmath::exp_f per summed bin. float64 runs recon_nll_math.h's element() per element
+// (scalar, libm exp): a handful of bins per element at VDM's sigma_0 (the window is 3-5 bins for
+// sigma_0/alpha_0 ~ 1e-3), all 256 only when sigma_0/alpha_0 is large.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <type_traits>
+
 #include "autograd.h"
 #include "common.h"
+#include "cpu/isa.h"
 #include "cpu/per_sample.h"
+#include "cpu/recon_nll_vec.h"
 #include "recon_nll.h"
 #include "recon_nll_math.h"
 
@@ -29,12 +37,10 @@ namespace vdm_fast {
 namespace cpu {
 namespace {
 
-// Sub-segment length for the per-sample sums (partials are combined in double).
+// float64 compute: scalar, per element. Sub-segment length for the per-sample sums (partials are
+// combined in double).
 constexpr int64_t kSumBlock = 1024;
 
-// The per-element terms are computed in acc_t and summed in double: the loop is scalar (an exp per
-// bin dominates it), and a float running sum would absorb the terms below half an ulp of the sum,
-// a bias (at VDM's sigma_0 a third of the terms are below 1e-6 nats: 1e-4 nats low per sample).
 template <typename scalar_t, typename acc_t>
 double recon_nll_segment(const scalar_t* __restrict x, const scalar_t* __restrict z, acc_t alpha, acc_t sigma, int L,
                          int64_t n) {
@@ -73,10 +79,15 @@ at::Tensor recon_nll_cpu(const at::Tensor& x0, const at::Tensor& z0, const at::T
     using acc = acc_t<scalar_t>;
     const ReconNllPtrs<scalar_t> p = recon_nll_ptrs<scalar_t>(in, alpha, sigma);
     const std::vector<double> sums = reduce_per_sample<1>(B, D, [&](int64_t b, int64_t begin, int64_t end, double* acc_out) {
-      const int L = recon::window_bins(p.alpha[b], p.sigma[b]);
-      for (int64_t i = begin; i < end; i += kSumBlock) {
-        const int64_t len = std::min(kSumBlock, end - i);
-        acc_out[0] += recon_nll_segment<scalar_t, acc>(p.x + i, p.z + i, p.alpha[b], p.sigma[b], L, len);
+      if constexpr (std::is_same_v<acc, float>) {
+        const recon_vec::Coeffs c = recon_vec::coeffs(p.alpha[b], p.sigma[b]);
+        acc_out[0] += with_cpu_isa([&] { return recon_vec::forward_segment(p.x + begin, p.z + begin, c, end - begin); });
+      } else {
+        const int L = recon::window_bins(p.alpha[b], p.sigma[b]);
+        for (int64_t i = begin; i < end; i += kSumBlock) {
+          acc_out[0] += recon_nll_segment<scalar_t, acc>(p.x + i, p.z + i, p.alpha[b], p.sigma[b], L,
+                                                         std::min(kSumBlock, end - i));
+        }
       }
     });
     acc* op_ = out.mutable_data_ptr<acc>();
@@ -97,14 +108,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recon_nll_backward_cpu(const at::
     using acc = acc_t<scalar_t>;
     const ReconNllPtrs<scalar_t> p = recon_nll_backward_ptrs<scalar_t>(in, grad, alpha, sigma);
     const std::vector<double> sums = reduce_per_sample<2>(B, D, [&](int64_t b, int64_t begin, int64_t end, double* out) {
-      const int L = recon::window_bins(p.alpha[b], p.sigma[b]);
-      for (int64_t i = begin; i < end; i += kSumBlock) {
-        const int64_t len = std::min(kSumBlock, end - i);
-        double part[2] = {0, 0};
-        recon_nll_backward_segment<scalar_t, acc>(p.gz ? p.gz + i : nullptr, p.x + i, p.z + i, p.grad[b], p.alpha[b],
-                                                  p.sigma[b], L, len, part);
-        out[0] += part[0];
-        out[1] += part[1];
+      scalar_t* gz = p.gz ? p.gz + begin : nullptr;
+      if constexpr (std::is_same_v<acc, float>) {
+        const recon_vec::Coeffs c = recon_vec::coeffs(p.alpha[b], p.sigma[b]);
+        with_cpu_isa([&] { recon_vec::backward_segment(gz, p.x + begin, p.z + begin, c, p.grad[b], end - begin, out); });
+      } else {
+        const int L = recon::window_bins(p.alpha[b], p.sigma[b]);
+        for (int64_t i = begin; i < end; i += kSumBlock) {
+          double part[2] = {0, 0};
+          recon_nll_backward_segment<scalar_t, acc>(gz ? gz + (i - begin) : nullptr, p.x + i, p.z + i, p.grad[b],
+                                                    p.alpha[b], p.sigma[b], L, std::min(kSumBlock, end - i), part);
+          out[0] += part[0];
+          out[1] += part[1];
+        }
       }
     });
     for (int64_t b = 0; b < B; ++b) {
