@@ -84,11 +84,6 @@ def native_extensions():
     # -fno-math-errno: lets GCC vectorise sqrtf (the Philox normals, csrc/cpu/noise.cpp); no
     # vdm_fast code reads errno.
     cxx_flags.append("-fno-math-errno")
-    # -fno-trapping-math: lets GCC if-convert (and so vectorise) loops whose ?: selects have
-    # floating-point arithmetic in an arm (csrc/cpu/fast_math.h's exp_f / log_f, csrc/cpu/ndtr.h):
-    # with trapping math an FP operation GCC moves into one arm "could trap" and the loop stays
-    # scalar. No vdm_fast code reads FP exception flags; results are unchanged (no reassociation).
-    cxx_flags.append("-fno-trapping-math")
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     if use_cuda:

@@ -4,6 +4,11 @@
 // converted to float tiles) runs the same formulas branch-free in float (dgauss_f below) on
 // fmath's exp_f / log_f / log_ndtr_f (csrc/cpu/fast_math.h, csrc/cpu/ndtr.h), so the loops
 // vectorise (csrc/cpu/isa.h).
+// GCC may not if-convert (so not vectorise) a loop whose ?: arms hold floating-point operations
+// while it must assume they trap; nothing here reads FP exception flags, and results are the same
+// (no reassociation). Before every #include, so each function of this file gets it alike (GCC does
+// not inline across differing options).
+#pragma GCC optimize("no-trapping-math")
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/native/Math.h>

@@ -2,6 +2,11 @@
 // applied elementwise, so their error bounds can be tested over every float32 input
 // (tests/test_fast_math.py, tests/test_ndtr.py). Runs the
 // copy of the loop that the kernels run (with_cpu_isa), so the test sees the rounding they get.
+// GCC may not if-convert (so not vectorise) a loop whose ?: arms hold floating-point operations
+// while it must assume they trap; nothing here reads FP exception flags, and results are the same
+// (no reassociation). Before every #include, so each function of this file gets it alike (GCC does
+// not inline across differing options).
+#pragma GCC optimize("no-trapping-math")
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
