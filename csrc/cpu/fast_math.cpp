@@ -1,6 +1,12 @@
-// vdm_fast::fast_math(fn, x): the float32 functions of csrc/cpu/fast_math.h applied elementwise, so
-// their error bounds can be tested over every float32 input (tests/test_fast_math.py). Runs the
+// vdm_fast::fast_math(fn, x): the float32 functions of csrc/cpu/fast_math.h and csrc/cpu/ndtr.h
+// applied elementwise, so their error bounds can be tested over every float32 input
+// (tests/test_fast_math.py, tests/test_ndtr.py). Runs the
 // copy of the loop that the kernels run (with_cpu_isa), so the test sees the rounding they get.
+// GCC may not if-convert (so not vectorise) a loop whose ?: arms hold floating-point operations
+// while it must assume they trap; nothing here reads FP exception flags, and results are the same
+// (no reassociation). Before every #include, so each function of this file gets it alike (GCC does
+// not inline across differing options).
+#pragma GCC optimize("no-trapping-math")
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -8,6 +14,7 @@
 
 #include "cpu/fast_math.h"
 #include "cpu/isa.h"
+#include "cpu/ndtr.h"
 
 namespace vdm_fast {
 namespace cpu {
@@ -31,8 +38,12 @@ at::Tensor fast_math(c10::string_view fn, const at::Tensor& x) {
     apply<fmath::exp_f>(xp, yp, xc.numel());
   } else if (fn == "log") {
     apply<fmath::log_f>(xp, yp, xc.numel());
+  } else if (fn == "log_ndtr") {
+    apply<fmath::log_ndtr_f>(xp, yp, xc.numel());
+  } else if (fn == "log1m") {
+    apply<fmath::log1m_f>(xp, yp, xc.numel());
   } else {
-    TORCH_CHECK(false, "fast_math: fn must be 'exp' or 'log', got '", std::string(fn), "'");
+    TORCH_CHECK(false, "fast_math: fn must be 'exp', 'log', 'log_ndtr' or 'log1m', got '", std::string(fn), "'");
   }
   return y;
 }
