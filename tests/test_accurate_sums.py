@@ -7,9 +7,10 @@ every small term once it holds a large one: a bias of 6e-4 nats per block in dis
 (5e-6 of the sum), 8e-3 in recon_nll. The per-element terms are computed in float32 (a few ulps
 each), so against the float64 truth a float32 kernel must agree within 8 * 2^-24 (5e-7) of the sum
 of the terms' magnitudes: a bound the absorbed-sum bias exceeds, and that any correctly rounded
-accumulation meets. Scalar loops (the compute-bound ops, q_sample's backward sums) now sum in double;
-vectorised loops (sq_error, prior_kl) keep float partials per SIMD lane over a block, which absorb
-at most the small terms that share a lane with a large one, within the bound.
+accumulation meets. Every CPU loop sums in double: scalar loops in one double, vectorised ones in a
+double per SIMD lane (float lane partials absorbed the small terms sharing a lane with the large
+one: 127 of them per block with AVX2's 8 lanes, beyond the bound; tests/test_cpu_paths.py runs this
+file at every CPU level).
 """
 
 from __future__ import annotations

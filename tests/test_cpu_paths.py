@@ -26,11 +26,11 @@ LEVELS = ["default", "avx2", "avx512"]
 # guidance combinations, the noise streams). Not recon_nll over several chunks: its float64
 # reference over 256 bins takes over a minute per level, and the chunk sums are the same code on
 # every path (recon_nll's elementwise math runs at every level in the other shapes).
-FILES = ["test_ops.py", "test_fast_math.py", "test_ndtr.py", "test_q_sample_randn.py", "test_prior_kl.py",
+FILES = ["test_ops.py", "test_fast_math.py", "test_ndtr.py", "test_accurate_sums.py", "test_q_sample_randn.py", "test_prior_kl.py",
          "test_recon_nll.py", "test_discretized_gaussian_nll.py", "test_reverse_step.py", "test_randn_like.py"]
 SELECT = ("cpu and (matches_reference or match_reference or every_data_argument or every_combination or odd_shapes"
           " or fast_math or exact_box_muller or noncontiguous or extremes or sigma_near_one or tanh_clamps"
-          " or nan_propagates)"
+          " or nan_propagates or keeps_small_terms)"
           " and not (several_chunks and recon_nll)")
 
 

@@ -28,28 +28,29 @@ namespace vdm_fast {
 namespace cpu {
 namespace {
 
-// Sub-segment length for the sums: a float accumulator stays accurate; partials combine in double.
+// Sub-segment length of the sums.
 constexpr int64_t kBlock = 1024;
 
+// Double per SIMD lane (DESIGN.md §4.10; why: csrc/cpu/sq_error.cpp's sq_error_block).
 template <typename scalar_t, typename acc_t>
-acc_t sum_squares_block(const scalar_t* __restrict x, int64_t len) {
-  acc_t sum = 0;
+double sum_squares_block(const scalar_t* __restrict x, int64_t len) {
+  double sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < len; ++i) {
     const acc_t xi = static_cast<acc_t>(x[i]);
-    sum += xi * xi;
+    sum += static_cast<double>(xi * xi);
   }
   return sum;
 }
 
 // gx = k * x (k = grad * a^2), and the block's sum of squares when wanted.
 template <typename scalar_t, typename acc_t>
-acc_t prior_kl_backward_block(scalar_t* __restrict gx, const scalar_t* __restrict x, acc_t k, bool want_sum,
-                              int64_t len) {
+double prior_kl_backward_block(scalar_t* __restrict gx, const scalar_t* __restrict x, acc_t k, bool want_sum,
+                               int64_t len) {
   if (gx) {
     for (int64_t i = 0; i < len; ++i) gx[i] = static_cast<scalar_t>(k * static_cast<acc_t>(x[i]));
   }
-  return want_sum ? sum_squares_block<scalar_t, acc_t>(x, len) : acc_t(0);
+  return want_sum ? sum_squares_block<scalar_t, acc_t>(x, len) : 0.0;
 }
 
 at::Tensor prior_kl_cpu(const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma) {

@@ -29,21 +29,24 @@ namespace vdm_fast {
 namespace cpu {
 namespace {
 
-// Sub-segment length: short enough that float accumulators stay accurate and the residuals of
-// one block stay in L1 between the backward's loops, long enough to vectorise well. Partials are
-// combined in double.
+// Sub-segment length: the residuals of one block stay in L1 between the backward's loops, long
+// enough to vectorise well.
 constexpr int64_t kBlock = 1024;
 
+// The sums are double per SIMD lane (DESIGN.md §4.10): a float lane partial holding one large
+// term absorbs every later small term of its lane, and how many share a lane depends on the
+// vector width (tests/test_accurate_sums.py failed at AVX2 with float lanes). Converting the
+// float terms costs a few instructions per vector in a loop bound by memory.
 template <int T, typename scalar_t, typename acc_t>
-acc_t sq_error_block(const scalar_t* __restrict p, const scalar_t* __restrict x, const scalar_t* __restrict n,
-                     acc_t tx, acc_t tn, int64_t len) {
-  acc_t sum = 0;
+double sq_error_block(const scalar_t* __restrict p, const scalar_t* __restrict x, const scalar_t* __restrict n,
+                      acc_t tx, acc_t tn, int64_t len) {
+  double sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < len; ++i) {
     const acc_t xi = target_uses_x0<T>() ? static_cast<acc_t>(x[i]) : acc_t(0);
     const acc_t ni = target_uses_noise<T>() ? static_cast<acc_t>(n[i]) : acc_t(0);
     const acc_t r = static_cast<acc_t>(p[i]) - target_value<T, acc_t>(xi, ni, tx, tn);
-    sum += r * r;
+    sum += static_cast<double>(r * r);
   }
   return sum;
 }
@@ -54,7 +57,7 @@ template <int T, typename scalar_t, typename acc_t>
 void sq_error_backward_block(scalar_t* __restrict gp, scalar_t* __restrict gx, scalar_t* __restrict gn,
                              const scalar_t* __restrict p, const scalar_t* __restrict x,
                              const scalar_t* __restrict n, acc_t tx, acc_t tn, acc_t kp, acc_t kx, acc_t kn,
-                             bool want_sums, int64_t len, acc_t* __restrict r, acc_t* sums) {
+                             bool want_sums, int64_t len, acc_t* __restrict r, double* sums) {
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
     const acc_t xi = target_uses_x0<T>() ? static_cast<acc_t>(x[i]) : acc_t(0);
@@ -62,14 +65,14 @@ void sq_error_backward_block(scalar_t* __restrict gp, scalar_t* __restrict gx, s
     r[i] = static_cast<acc_t>(p[i]) - target_value<T, acc_t>(xi, ni, tx, tn);
   }
   if (want_sums) {
-    acc_t sx = 0, sn = 0;
+    double sx = 0, sn = 0;  // double lanes, as in sq_error_block
     if (target_uses_x0<T>()) {
 #pragma omp simd reduction(+ : sx)
-      for (int64_t i = 0; i < len; ++i) sx += r[i] * static_cast<acc_t>(x[i]);
+      for (int64_t i = 0; i < len; ++i) sx += static_cast<double>(r[i] * static_cast<acc_t>(x[i]));
     }
     if (target_uses_noise<T>()) {
 #pragma omp simd reduction(+ : sn)
-      for (int64_t i = 0; i < len; ++i) sn += r[i] * static_cast<acc_t>(n[i]);
+      for (int64_t i = 0; i < len; ++i) sn += static_cast<double>(r[i] * static_cast<acc_t>(n[i]));
     }
     sums[0] = sx;
     sums[1] = sn;
@@ -128,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sq_error_
             const acc k = acc(2) * ptr.up[b];  // d(r^2)/dr times the upstream grad
             acc r[kBlock];
             for (int64_t i = begin; i < end; i += kBlock) {
-              acc part[2] = {0, 0};
+              double part[2] = {0, 0};
               with_cpu_isa([&] {
                 sq_error_backward_block<T, scalar_t, acc>(ptr.gp ? ptr.gp + i : nullptr, ptr.gx ? ptr.gx + i : nullptr,
                                                           ptr.gn ? ptr.gn + i : nullptr, ptr.p + i, ptr.x + i,
