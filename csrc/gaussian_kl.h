@@ -23,12 +23,21 @@ namespace vdm_fast {
 
 namespace gaussian_kl_math {
 
+// The exp the math uses by default (CUDA, and the CPU's float64 path); the CPU's float32 loops pass
+// fmath::exp_f instead, which vectorises (csrc/cpu/fast_math.h).
+struct StdExp {
+  template <typename T>
+  C10_HOST_DEVICE T operator()(T v) const {
+    return std::exp(v);
+  }
+};
+
 // Twice the element's KL (the kernels sum these and halve the per-sample sum), in the order of
 // vdm_fast/reference.py::gaussian_kl.
-template <typename acc_t>
-C10_HOST_DEVICE inline acc_t twice_kl(acc_t mq, acc_t lq, acc_t mp, acc_t lp) {
+template <typename acc_t, typename Exp = StdExp>
+C10_HOST_DEVICE inline acc_t twice_kl(acc_t mq, acc_t lq, acc_t mp, acc_t lp, Exp exp = {}) {
   const acc_t dm = mq - mp;
-  return ((lp - acc_t(1)) - lq) + std::exp(lq - lp) + dm * dm * std::exp(-lp);
+  return ((lp - acc_t(1)) - lq) + exp(lq - lp) + dm * dm * exp(-lp);
 }
 
 template <typename acc_t>
@@ -37,11 +46,11 @@ struct Grads {
 };
 
 // The element's gradients scaled by g (the upstream grad of its sample).
-template <typename acc_t>
-C10_HOST_DEVICE inline Grads<acc_t> grads(acc_t mq, acc_t lq, acc_t mp, acc_t lp, acc_t g) {
+template <typename acc_t, typename Exp = StdExp>
+C10_HOST_DEVICE inline Grads<acc_t> grads(acc_t mq, acc_t lq, acc_t mp, acc_t lp, acc_t g, Exp exp = {}) {
   const acc_t dm = mq - mp;
-  const acc_t ip = std::exp(-lp);
-  const acc_t r = std::exp(lq - lp);
+  const acc_t ip = exp(-lp);
+  const acc_t r = exp(lq - lp);
   const acc_t h = acc_t(0.5) * g;
   return {g * dm * ip, h * (r - acc_t(1)), h * ((acc_t(1) - r) - dm * dm * ip)};
 }

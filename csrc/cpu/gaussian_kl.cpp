@@ -1,6 +1,9 @@
 // gaussian_kl: its schema and autograd (csrc/autograd.h), and on the CPU the per-sample sums of
 // KL(N(mean_q, exp(log_var_q)) || N(mean_p, exp(log_var_p))) over the elements, and the fused
 // backward (the four gradients elementwise, one pass). Math: csrc/gaussian_kl.h.
+// The float32 loops use fmath::exp_f; GCC vectorises them only where it may assume floating-point
+// operations do not trap (csrc/cpu/fast_math.h). Before every #include, so all of this file gets it.
+#pragma GCC optimize("no-trapping-math")
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -9,6 +12,7 @@
 #include <cmath>
 
 #include "autograd.h"
+#include "cpu/fast_math.h"
 #include "common.h"
 #include "cpu/per_sample.h"
 #include "gaussian_kl.h"
@@ -29,21 +33,24 @@ namespace vdm_fast {
 namespace cpu {
 namespace {
 
-// Sub-segment length for the sums: a float accumulator stays accurate; partials combine in double.
+// Sub-segment length of the sums.
 constexpr int64_t kBlock = 1024;
 
-// Terms in acc_t, summed in double: the exps keep GCC from vectorising the loop, and a float
-// running sum absorbs the terms below half an ulp of a large partial (tests/test_accurate_sums.py).
+// exp for the loops: fmath::exp_f in float32 (vectorises; <= 2 ulp), libm's in float64.
+struct CpuExp {
+  float operator()(float v) const { return fmath::exp_f(v); }
+  double operator()(double v) const { return std::exp(v); }
+};
+
+// Terms in acc_t, summed in double lane partials (lane_sum): a float running sum absorbs the terms
+// below half an ulp of a large partial (DESIGN.md §4.10, tests/test_accurate_sums.py).
 template <typename scalar_t, typename acc_t>
 double gaussian_kl_block(const scalar_t* __restrict mq, const scalar_t* __restrict lq, const scalar_t* __restrict mp,
                          const scalar_t* __restrict lp, int64_t len) {
-  double sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < len; ++i) {
-    sum += gaussian_kl_math::twice_kl<acc_t>(static_cast<acc_t>(mq[i]), static_cast<acc_t>(lq[i]),
-                                             static_cast<acc_t>(mp[i]), static_cast<acc_t>(lp[i]));
-  }
-  return sum;
+  return lane_sum(len, [&](int64_t i) {
+    return gaussian_kl_math::twice_kl<acc_t>(static_cast<acc_t>(mq[i]), static_cast<acc_t>(lq[i]),
+                                             static_cast<acc_t>(mp[i]), static_cast<acc_t>(lp[i]), CpuExp{});
+  });
 }
 
 // The gradients of one segment of sample b (upstream grad g); a null output is not wanted.
@@ -54,7 +61,7 @@ void gaussian_kl_backward_segment(scalar_t* __restrict gmq, scalar_t* __restrict
                                   const scalar_t* __restrict lp, acc_t g, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const auto d = gaussian_kl_math::grads<acc_t>(static_cast<acc_t>(mq[i]), static_cast<acc_t>(lq[i]),
-                                                  static_cast<acc_t>(mp[i]), static_cast<acc_t>(lp[i]), g);
+                                                  static_cast<acc_t>(mp[i]), static_cast<acc_t>(lp[i]), g, CpuExp{});
     if (gmq) gmq[i] = static_cast<scalar_t>(d.mq);
     if (glq) glq[i] = static_cast<scalar_t>(d.lq);
     if (gmp) gmp[i] = static_cast<scalar_t>(-d.mq);

@@ -68,5 +68,26 @@ std::vector<double> reduce_per_sample(int64_t B, int64_t D, const F& fn) {
   return out;
 }
 
+// sum_{i < n} term(i) in double, vectorised: kSumLanes double partials, lane l taking the terms
+// i = l (mod kSumLanes), then added up in lane order. Double, because a float partial absorbs every
+// later term below half an ulp of it (DESIGN.md §4.10); several lanes per vector and several vectors
+// of lanes, because one accumulator per vector makes a loop of cheap terms wait on the add's latency
+// (4 cycles per vector of terms: prior_kl ran at half the triad's bandwidth). The order depends only
+// on n, not on the vector width, so every CPU path sums alike. Call inside with_cpu_isa.
+constexpr int kSumLanes = 32;
+
+template <typename Term>
+inline double lane_sum(int64_t n, const Term& term) {
+  double lanes[kSumLanes] = {};
+  int64_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes) {
+    for (int l = 0; l < kSumLanes; ++l) lanes[l] += static_cast<double>(term(i + l));
+  }
+  for (int l = 0; i < n; ++i, ++l) lanes[l] += static_cast<double>(term(i));
+  double sum = 0;
+  for (int l = 0; l < kSumLanes; ++l) sum += lanes[l];
+  return sum;
+}
+
 }  // namespace cpu
 }  // namespace vdm_fast

@@ -31,16 +31,13 @@ namespace {
 // Sub-segment length of the sums.
 constexpr int64_t kBlock = 1024;
 
-// Double per SIMD lane (DESIGN.md §4.10; why: csrc/cpu/sq_error.cpp's sq_error_block).
+// Double lane partials (lane_sum, DESIGN.md §4.10).
 template <typename scalar_t, typename acc_t>
 double sum_squares_block(const scalar_t* __restrict x, int64_t len) {
-  double sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < len; ++i) {
+  return lane_sum(len, [&](int64_t i) {
     const acc_t xi = static_cast<acc_t>(x[i]);
-    sum += static_cast<double>(xi * xi);
-  }
-  return sum;
+    return xi * xi;
+  });
 }
 
 // gx = k * x (k = grad * a^2), and the block's sum of squares when wanted.

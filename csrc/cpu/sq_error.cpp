@@ -33,22 +33,18 @@ namespace {
 // enough to vectorise well.
 constexpr int64_t kBlock = 1024;
 
-// The sums are double per SIMD lane (DESIGN.md §4.10): a float lane partial holding one large
-// term absorbs every later small term of its lane, and how many share a lane depends on the
-// vector width (tests/test_accurate_sums.py failed at AVX2 with float lanes). Converting the
-// float terms costs a few instructions per vector in a loop bound by memory.
+// The sums go through lane_sum (csrc/cpu/per_sample.h): double lane partials. A float lane
+// partial holding one large term absorbs every later small term of its lane, and how many share a
+// lane depends on the vector width (tests/test_accurate_sums.py failed at AVX2 with float lanes).
 template <int T, typename scalar_t, typename acc_t>
 double sq_error_block(const scalar_t* __restrict p, const scalar_t* __restrict x, const scalar_t* __restrict n,
                       acc_t tx, acc_t tn, int64_t len) {
-  double sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < len; ++i) {
+  return lane_sum(len, [&](int64_t i) {
     const acc_t xi = target_uses_x0<T>() ? static_cast<acc_t>(x[i]) : acc_t(0);
     const acc_t ni = target_uses_noise<T>() ? static_cast<acc_t>(n[i]) : acc_t(0);
     const acc_t r = static_cast<acc_t>(p[i]) - target_value<T, acc_t>(xi, ni, tx, tn);
-    sum += static_cast<double>(r * r);
-  }
-  return sum;
+    return r * r;
+  });
 }
 
 // One block of the backward: residuals r = pred - target into `r`, then (each when wanted)
@@ -66,14 +62,8 @@ void sq_error_backward_block(scalar_t* __restrict gp, scalar_t* __restrict gx, s
   }
   if (want_sums) {
     double sx = 0, sn = 0;  // double lanes, as in sq_error_block
-    if (target_uses_x0<T>()) {
-#pragma omp simd reduction(+ : sx)
-      for (int64_t i = 0; i < len; ++i) sx += static_cast<double>(r[i] * static_cast<acc_t>(x[i]));
-    }
-    if (target_uses_noise<T>()) {
-#pragma omp simd reduction(+ : sn)
-      for (int64_t i = 0; i < len; ++i) sn += static_cast<double>(r[i] * static_cast<acc_t>(n[i]));
-    }
+    if (target_uses_x0<T>()) sx = lane_sum(len, [&](int64_t i) { return r[i] * static_cast<acc_t>(x[i]); });
+    if (target_uses_noise<T>()) sn = lane_sum(len, [&](int64_t i) { return r[i] * static_cast<acc_t>(n[i]); });
     sums[0] = sx;
     sums[1] = sn;
   }

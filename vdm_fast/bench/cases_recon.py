@@ -114,9 +114,11 @@ def _window_bins(sigma: float) -> int:
     return min(2 * w + 1, 256)
 
 
-# exp/log evaluations per element of the CPU kernels (the roofline's compute roof), forward only;
-# the backward evaluates the forward's again and its own.
-DGAUSS_TRANSCENDENTALS = {"erf": (6, 10), "tanh": (3, 5)}  # (forward, forward + backward)
+# exp/log evaluations per element of the float32 CPU kernels (the roofline's compute roof), for a
+# forward and for forward + backward (the backward evaluates the forward's again, then its own).
+# erf: exp(-log_scale), two log_ndtr (an exp and a log each), the exp and log1m of the bin mass;
+# the backward adds the two densities' exps. tanh: exp(-log_scale), one exp per CDF, one log.
+DGAUSS_TRANSCENDENTALS = {"erf": (7, 16), "tanh": (4, 8)}  # (forward, forward + backward)
 
 
 def _transcendentals(kind: str, variant: str) -> float:
