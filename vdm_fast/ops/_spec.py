@@ -263,13 +263,15 @@ class OpSpec:
             return None
         # A refused input costs an exception (~20 us), so the layouts users pass every call ((B, 1,
         # 1, 1) scales, a bfloat16 model output next to float32 data) are sent on before it.
+        # Meta tensors too: the dispatcher sends a call with any meta input to the fake kernel, which
+        # checks nothing and returns an empty tensor like the first argument (CPU, uninitialised).
         for i in data_idx:
             t = values[i]
-            if type(t) is not torch.Tensor or t.dtype is not dtype:
+            if type(t) is not torch.Tensor or t.dtype is not dtype or t.is_meta:
                 return None
         for i in coeff_idx:
             t = values[i]
-            if type(t) is not torch.Tensor or t.dtype is not dtype or t.dim() != 1:
+            if type(t) is not torch.Tensor or t.dtype is not dtype or t.is_meta or t.dim() != 1:
                 return None
         for i in choice_idx:
             if values[i] not in self.args[i].choices:
