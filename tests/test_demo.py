@@ -391,3 +391,21 @@ def test_size_without_data_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["demo", "--size", "16", "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2 and "argument --size:" in capsys.readouterr().err
+
+
+def test_resume_keeps_a_best_pt_newer_than_the_checkpoint(tmp_path):
+    """A run stopped between saving best.pt and the checkpoint: the resumed run must not overwrite
+    the better best.pt with a worse evaluation."""
+    from vdm_fast import cli
+
+    out = str(tmp_path / "demo")
+    common = ["demo", "--out", out, "--batch-size", "16", "--eval-repeats", "2", "--samples-per-class", "1",
+              "--sample-steps", "2", "--ckpt-every", "4", "--eval-every", "2", "--no-progress"]
+    assert cli.main(common + ["--steps", "4"]) == 0
+    best_path = os.path.join(out, "best.pt")
+    kept = checkpoint.load(best_path, keys=("step", "model", "held_out"))
+    record = {**json.loads(kept["held_out"]), "total_bpd": -1.0}  # better than any evaluation
+    checkpoint.save({"step": 3, "model": kept["model"], "held_out": json.dumps(record)}, best_path)
+    assert cli.main(common + ["--steps", "6"]) == 0
+    assert checkpoint.load(best_path, keys=("step", "model", "held_out"))["step"] == 3
+    assert json.load(open(os.path.join(out, "summary.json")))["best_step"] == 3

@@ -257,6 +257,11 @@ def run(args) -> dict:
             raise checkpoint.CheckpointError(f"checkpoint {ckpt_path} does not fit this model "
                                              f"({str(exc).splitlines()[0][:200]}); pass --fresh to start over") from None
         start = resumed_from = state["step"]
+        # best.pt can be newer than the latest checkpoint (a run stopped between the two saves):
+        # the file is what the headline uses, so its record is the one to beat.
+        kept = checkpoint.load(best_path, keys=("step", "model", "held_out"))
+        if kept is not None and (best is None or json.loads(kept["held_out"])["total_bpd"] < best["total_bpd"]):
+            best = {"step": kept["step"], **json.loads(kept["held_out"])}
         log(f"resumed from {ckpt_path} at step {start}")
     ddp = nn.parallel.DistributedDataParallel(vdm) if world > 1 else vdm
 
