@@ -406,6 +406,11 @@ def test_resume_keeps_a_best_pt_newer_than_the_checkpoint(tmp_path):
     kept = checkpoint.load(best_path, keys=("step", "model", "held_out"))
     record = {**json.loads(kept["held_out"]), "total_bpd": -1.0}  # better than any evaluation
     checkpoint.save({"step": 3, "model": kept["model"], "held_out": json.dumps(record)}, best_path)
+    # and the checkpoint's own record worse than any evaluation, so only best.pt's can hold
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    latest = checkpoint.load(ckpt_path, keys=train.CHECKPOINT_KEYS)
+    latest["best"] = json.dumps({**json.loads(latest["best"]), "total_bpd": 1e9})
+    checkpoint.save({k: v for k, v in latest.items() if k != "checksum"}, ckpt_path)
     assert cli.main(common + ["--steps", "6"]) == 0
     assert checkpoint.load(best_path, keys=("step", "model", "held_out"))["step"] == 3
     assert json.load(open(os.path.join(out, "summary.json")))["best_step"] == 3
