@@ -79,8 +79,6 @@ void dgauss_backward_segment(scalar_t* __restrict gm, scalar_t* __restrict gl, c
 // Elements per tile: the float terms (or gradients) of one tile sit in stack arrays between the
 // vectorised element loop and the summation (or the store).
 constexpr int64_t kTile = 256;
-// Independent double partial sums in the forward: one per float lane of the widest path.
-constexpr int kLanes = 16;
 
 // improved-diffusion's Phi(u) ~ 0.5 (1 + tanh(w)), w = sqrt(2/pi) (u + 0.044715 u^3), in logistic
 // form: 0.5 (1 + tanh(w)) = 1 / (1 + exp(-2w)). With e = exp(-2|w|) <= 1 the larger of cdf and
@@ -163,28 +161,23 @@ const float* float_tile(const scalar_t* src, float* buf, int64_t n) {
 }
 
 // Sum of the log P of a segment (any length), in double. The terms of each tile go to a float
-// array, then into kLanes independent double partials (DESIGN.md §4.10: no small term is lost,
-// and the lanes vectorise without reassociating a sum).
+// array, then into double lane partials (LaneSum, csrc/cpu/per_sample.h; DESIGN.md §4.10: no
+// small term is lost, and the lanes vectorise without reassociating a sum).
 template <typename scalar_t, bool TANH>
 double dgauss_segment_f(const scalar_t* __restrict x, const scalar_t* __restrict m, const scalar_t* __restrict ls,
                         int64_t n) {
   return with_cpu_isa([&] {
     alignas(64) float xb[kTile], mb[kTile], lb[kTile], lp[kTile];
-    double acc[kLanes] = {};
+    LaneSum acc;
     for (int64_t i = 0; i < n; i += kTile) {
       const int64_t len = std::min(kTile, n - i);
       const float* __restrict xf = float_tile(x + i, xb, len);
       const float* __restrict mf = float_tile(m + i, mb, len);
       const float* __restrict lf = float_tile(ls + i, lb, len);
       for (int64_t j = 0; j < len; ++j) lp[j] = dgauss_f<TANH, false>(xf[j], mf[j], lf[j], nullptr, nullptr);
-      const int64_t full = len / kLanes * kLanes;
-      for (int64_t j0 = 0; j0 < full; j0 += kLanes)
-        for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(lp[j0 + l]);
-      for (int64_t j = full; j < len; ++j) acc[j - full] += static_cast<double>(lp[j]);
+      acc.add(len, [&](int64_t j) { return lp[j]; });
     }
-    double sum = 0;
-    for (int l = 0; l < kLanes; ++l) sum += acc[l];
-    return sum;
+    return acc.total();
   });
 }
 

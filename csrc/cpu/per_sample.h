@@ -76,17 +76,32 @@ std::vector<double> reduce_per_sample(int64_t B, int64_t D, const F& fn) {
 // on n, not on the vector width, so every CPU path sums alike. Call inside with_cpu_isa.
 constexpr int kSumLanes = 32;
 
+// The lane partials themselves, for sums that run over several calls (tiles of a segment).
+struct LaneSum {
+  double lanes[kSumLanes] = {};
+
+  // Adds term(0..n) (a fresh lane cycle: term 0 goes to lane 0).
+  template <typename Term>
+  void add(int64_t n, const Term& term) {
+    int64_t i = 0;
+    for (; i + kSumLanes <= n; i += kSumLanes) {
+      for (int l = 0; l < kSumLanes; ++l) lanes[l] += static_cast<double>(term(i + l));
+    }
+    for (int l = 0; i < n; ++i, ++l) lanes[l] += static_cast<double>(term(i));
+  }
+
+  double total() const {
+    double sum = 0;
+    for (int l = 0; l < kSumLanes; ++l) sum += lanes[l];
+    return sum;
+  }
+};
+
 template <typename Term>
 inline double lane_sum(int64_t n, const Term& term) {
-  double lanes[kSumLanes] = {};
-  int64_t i = 0;
-  for (; i + kSumLanes <= n; i += kSumLanes) {
-    for (int l = 0; l < kSumLanes; ++l) lanes[l] += static_cast<double>(term(i + l));
-  }
-  for (int l = 0; i < n; ++i, ++l) lanes[l] += static_cast<double>(term(i));
-  double sum = 0;
-  for (int l = 0; l < kSumLanes; ++l) sum += lanes[l];
-  return sum;
+  LaneSum sum;
+  sum.add(n, term);
+  return sum.total();
 }
 
 }  // namespace cpu

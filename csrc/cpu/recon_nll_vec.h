@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "cpu/fast_math.h"
+#include "cpu/per_sample.h"
 #include "recon_nll_math.h"
 
 namespace vdm_fast {
@@ -34,11 +35,9 @@ namespace cpu {
 namespace recon_vec {
 
 // Elements per tile: the per-element state (a dozen arrays of kTile) stays in L1 and each bin
-// step runs over several vectors; a multiple of kLanes.
+// step runs over several vectors. The per-sample sums go into double lane partials (LaneSum,
+// csrc/cpu/per_sample.h; DESIGN.md §4.10).
 constexpr int kTile = 128;
-// Double partials of the per-sample sums, one per lane: as wide as an AVX-512 float vector, so
-// the adds into them are independent (vectorised without reassociation; DESIGN.md §4.10).
-constexpr int kLanes = 16;
 
 // Per-sample constants.
 struct Coeffs {
@@ -169,24 +168,11 @@ inline void load(Tile& t, const scalar_t* __restrict x, const scalar_t* __restri
   }
 }
 
-// Adds term[0..n) to the per-lane partials; the rest of the tile is zeroed first.
-inline void add_to_lanes(float* __restrict term, int n, double* __restrict lanes) {
-  for (int i = n; i < kTile; ++i) term[i] = 0.0f;
-  for (int i0 = 0; i0 < kTile; i0 += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] += static_cast<double>(term[i0 + l]);
-}
-
-inline double sum_lanes(const double* lanes) {
-  double sum = 0;
-  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
-  return sum;
-}
-
 // Sum of the per-element nll over n elements.
 template <typename scalar_t>
 double forward_segment(const scalar_t* __restrict x, const scalar_t* __restrict z, const Coeffs& c, int64_t n) {
   Tile t;
-  double lanes[kLanes] = {};
+  LaneSum lanes;
   for (int64_t i0 = 0; i0 < n; i0 += kTile) {
     const int len = static_cast<int>(std::min<int64_t>(n - i0, kTile));
     load(t, x + i0, z + i0, c, len);
@@ -196,9 +182,9 @@ double forward_segment(const scalar_t* __restrict x, const scalar_t* __restrict 
       const float w = pair_sum(t.z2[i], c.alpha, static_cast<float>(t.m[i] + t.kstar[i] + 1));
       t.t0[i] = fmath::log_f(t.s[i]) - log_ratio(c, static_cast<float>(t.kstar[i] - t.m[i]), w);
     }
-    add_to_lanes(t.t0, len, lanes);
+    lanes.add(len, [&](int64_t i) { return t.t0[i]; });
   }
-  return sum_lanes(lanes);
+  return lanes.total();
 }
 
 // Writes g * d nll/d z0 (when gz) and adds the segment's sums of d nll/d alpha, d nll/d sigma to
@@ -207,7 +193,7 @@ template <typename scalar_t>
 void backward_segment(scalar_t* __restrict gz, const scalar_t* __restrict x, const scalar_t* __restrict z,
                       const Coeffs& c, float g, int64_t n, double* sums) {
   Tile t;
-  double lanes_a[kLanes] = {}, lanes_s[kLanes] = {};
+  LaneSum lanes_a, lanes_s;
   for (int64_t i0 = 0; i0 < n; i0 += kTile) {
     const int len = static_cast<int>(std::min<int64_t>(n - i0, kTile));
     load(t, x + i0, z + i0, c, len);
@@ -225,11 +211,11 @@ void backward_segment(scalar_t* __restrict gz, const scalar_t* __restrict x, con
     if (gz) {
       for (int i = 0; i < len; ++i) gz[i0 + i] = static_cast<scalar_t>(t.s[i]);
     }
-    add_to_lanes(t.t0, len, lanes_a);
-    add_to_lanes(t.t1, len, lanes_s);
+    lanes_a.add(len, [&](int64_t i) { return t.t0[i]; });
+    lanes_s.add(len, [&](int64_t i) { return t.t1[i]; });
   }
-  sums[0] += sum_lanes(lanes_a);
-  sums[1] += sum_lanes(lanes_s);
+  sums[0] += lanes_a.total();
+  sums[1] += lanes_s.total();
 }
 
 }  // namespace recon_vec
