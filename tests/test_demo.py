@@ -133,7 +133,7 @@ BAD_FLAGS = [("--steps", "-5"), ("--steps", "0"), ("--eval-repeats", "-1"), ("--
              ("--batch-size", "-4"), ("--lr", "nan"), ("--lr", "0"), ("--ckpt-every", "0"),
              ("--samples-per-class", "0"), ("--sample-steps", "-1"), ("--device", "bogus"),
              ("--seed", str(2**70)), ("--seed", "-1"), ("--guidance-scale", "inf"), ("--eval-every", "x"),
-             ("--size", "0")]
+             ("--size", "0"), ("--weight-decay", "-0.1"), ("--weight-decay", "nan")]
 
 
 @pytest.mark.parametrize("flag,value", BAD_FLAGS, ids=[f"{f}={v}" for f, v in BAD_FLAGS])
@@ -301,6 +301,36 @@ def test_ema_decay_averages_over_a_tenth_of_the_run(steps, window):
     assert train.ema_decay(steps) == pytest.approx(1 - 1 / window)
 
 
+def test_weight_decay_spares_the_value_prior_schedule_biases_and_norms():
+    vdm = train.VDM(hidden=32, depth=1)
+    opt = train.optimizer(vdm, lr=1e-3, weight_decay=0.5)
+    names = {id(p): n for n, p in vdm.named_parameters()}
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.5 for p in g["params"]}
+    spared = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert decayed | spared == set(names.values()) and not decayed & spared
+    # both factors of the low-rank head are decayed (decaying one lets the other grow)
+    assert {"net.out.2.weight", "net.level_basis", "net.inp.weight", "net.label.weight"} <= decayed
+    assert {"net.value_prior", "schedule.b", "schedule.w", "net.out.2.bias",
+            "net.out.0.weight"} <= spared
+
+
+def test_low_rank_head_keeps_the_exact_snap_at_low_noise():
+    """The head's logits only add to the exact likelihood term: at low noise x_hat is the bin centre
+    nearest z / alpha whatever the (untrained) network says, so eps_hat = (z - alpha c) / sigma."""
+    from vdm_fast.demo.model import Denoiser
+
+    torch.manual_seed(0)
+    net = Denoiser(dim=4, num_classes=2, hidden=16, depth=1, head_rank=3)
+    torch.nn.init.normal_(net.out[-1].weight)  # a non-trivial prior
+    log_snr = torch.full((5,), 16.0)
+    alpha = torch.sigmoid(log_snr).sqrt()[:, None]
+    sigma = torch.sigmoid(-log_snr).sqrt()[:, None]
+    c = net.centres[torch.randint(0, 256, (5, 4))]
+    z = alpha * c + sigma * 0.3 * torch.randn(5, 4)  # well inside c's bin at this noise
+    eps = net(z, log_snr, torch.zeros(5, dtype=torch.long))
+    torch.testing.assert_close(eps, (z - alpha * c) / sigma, atol=1e-3, rtol=1e-3)
+
+
 # --- --data DIR: the user's own images (issue 19) -------------------------------------------------
 
 
@@ -414,3 +444,19 @@ def test_resume_keeps_a_best_pt_newer_than_the_checkpoint(tmp_path):
     assert cli.main(common + ["--steps", "6"]) == 0
     assert checkpoint.load(best_path, keys=("step", "model", "held_out"))["step"] == 3
     assert json.load(open(os.path.join(out, "summary.json")))["best_step"] == 3
+
+
+def test_photo_crops_tool_writes_two_class_folders_of_both_formats(tmp_path):
+    """tools/photo_crops.py, the README's folder of real photographs for --data."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "photo_crops", os.path.join(os.path.dirname(__file__), "..", "tools", "photo_crops.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.write_crops(str(tmp_path), count=3) == 6
+    from vdm_fast.demo import data
+
+    dataset = data.load_folder(str(tmp_path), 8, seed=0)
+    assert dataset.classes == ["china", "flower"] and dataset.image_shape == (3, 8, 8)
+    assert sorted(os.listdir(tmp_path / "china")) == ["0000.png", "0001.jpg", "0002.png"]

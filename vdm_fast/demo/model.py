@@ -11,7 +11,10 @@ slowly, and every bit it misses there costs bits/dim in the diffusion term. So t
 predicts, per pixel, logits over the 256 bin centres c_k; they are added to the exact Gaussian
 log-likelihood of z_t under each bin, -(z - alpha c_k)^2 / (2 sigma^2), and x̂ is the posterior
 mean sum_k softmax_k c_k. The network output is then a learned prior over values (correlations
-included); at low noise the likelihood dominates and x̂ snaps exactly. The eps estimate is
+included); at low noise the likelihood dominates and x̂ snaps exactly. With ``head_rank`` r the
+network gives r numbers per pixel, mapped to the 256 logits by a learned r x 256 basis shared by
+all pixels (the demo uses r = 16: a full-rank head is most of the weights and memorises small
+data sets, see VDM.__init__ in train.py). The eps estimate is
 ε̂ = (z - alpha x̂) / sigma (DESIGN.md §2), so the model is an ordinary eps model to the ELBO and
 samplers. An MLP is the right size for 8x8 images on two CPU cores.
 """
@@ -43,7 +46,7 @@ class Denoiser(nn.Module):
     ``null_class`` = num_classes for the unconditional model (the only label when num_classes = 0)."""
 
     def __init__(self, dim: int = 64, num_classes: int = 10, hidden: int = 256, depth: int = 3, embed: int = 64,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, head_rank: int | None = None):
         super().__init__()
         self.dim = dim
         self.null_class = num_classes
@@ -56,9 +59,13 @@ class Denoiser(nn.Module):
             nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
             for _ in range(depth)
         )
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim * LEVELS))
+        self.head_rank = head_rank
+        width = LEVELS if head_rank is None else head_rank
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim * width))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        if head_rank is not None:
+            self.level_basis = nn.Parameter(torch.randn(head_rank, LEVELS) / math.sqrt(head_rank))
         self.value_prior = nn.Parameter(torch.zeros(dim, LEVELS))  # per-pixel logits, learned fast
         self.register_buffer("centres", 2 * (torch.arange(LEVELS, dtype=torch.float32) + 0.5) / LEVELS - 1)
 
@@ -70,7 +77,10 @@ class Denoiser(nn.Module):
         h = self.inp(torch.cat([scaled, self.time(log_snr), self.label(labels)], dim=1))
         for block in self.blocks:
             h = h + block(h)
-        prior_logits = self.out(h).reshape(batch, self.dim, LEVELS) + self.value_prior
+        if self.head_rank is None:
+            prior_logits = self.out(h).reshape(batch, self.dim, LEVELS) + self.value_prior
+        else:
+            prior_logits = self.out(h).reshape(batch, self.dim, self.head_rank) @ self.level_basis + self.value_prior
         alpha = alpha2.sqrt()[..., None]
         log_lik = -(zf[..., None] - alpha * self.centres) ** 2 / (2 * sigma2[..., None])
         x_hat = torch.softmax(prior_logits + log_lik, dim=-1) @ self.centres

@@ -115,7 +115,7 @@ def output_folder(text: str) -> str:
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--quick", action="store_true", help="a short run (under 3 minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="a short run (1200 steps, about 35 s on 2 CPU cores)")
     p.add_argument("--data", type=image_folder, default=None,
                    help="train on this folder of PNG/JPEG images instead of the digits (class labels from "
                         "subfolder names when present, unconditional otherwise)")
@@ -124,6 +124,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default 6000; 1200 with --quick)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
     p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--weight-decay", type=non_negative_float, default=1.0,
+                   help="AdamW's decoupled weight decay on the network's weight matrices")
     p.add_argument("--dropout", type=probability, default=0.2, help="dropout in the network's residual branches")
     p.add_argument("--eval-every", type=positive_int, default=None, help="steps between held-out evaluations")
     p.add_argument("--ckpt-every", type=positive_int, default=250, help="steps between checkpoints")
