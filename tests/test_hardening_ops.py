@@ -176,6 +176,54 @@ def test_decoder_data_out_of_range(call, value):
         call(x)
 
 
+def _native_cpu(op: str) -> bool:
+    return "cpu" in _cpu_backends(op)
+
+
+@pytest.mark.skipif(not _native_cpu("prior_kl"), reason="native CPU ops not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [0.0, -0.5, float("nan")])
+def test_value_checks_of_the_direct_call_and_the_native_op(dtype, value):
+    """The common call (plain (B,) coefficient tensors, float32/float64) goes straight to the native
+    CPU op, which checks the values itself (csrc/cpu/value_checks.h): the same message as the
+    Python check (vdm_fast/_checks.py) of the general path, from the public call and the raw op."""
+    x, grid = X.to(dtype), GRID.to(dtype)
+    ones, bad = torch.ones(3, dtype=dtype), torch.tensor([0.5, value, 0.5], dtype=dtype)
+    ops = torch.ops.vdm_fast
+    for call in (lambda s: vdm_fast.prior_kl(x, ones, s), lambda s: ops.prior_kl(x, ones, s)):
+        with pytest.raises(RuntimeError, match=r"^prior_kl: sigma_1 must be > 0 \(its log is taken\)"):
+            call(bad)
+    for call in (lambda s: vdm_fast.recon_nll(grid, x, ones, s), lambda s: ops.recon_nll(grid, x, ones, s, "categorical")):
+        with pytest.raises(RuntimeError, match=r"^recon_nll: sigma_0 must be > 0"):
+            call(bad)
+    out_of_range = grid.clone()
+    out_of_range[2, 1, 3] = 1.5 if value == 0.0 else (-1.01 if value < 0 else value)
+    message = r"^{}: x0 must lie in \[-1\.0, 1\.0\] \(data for the decoder\), with no NaN"
+    for call in (lambda g: vdm_fast.recon_nll(g, x, ones, ones * 0.01), lambda g: ops.recon_nll(g, x, ones, ones * 0.01, "categorical")):
+        with pytest.raises(RuntimeError, match=message.format("recon_nll")):
+            call(out_of_range)
+    for call in (lambda g: vdm_fast.discretized_gaussian_nll(g, x, x.clamp(-3, 0)),
+                 lambda g: ops.discretized_gaussian_nll(g, x, x.clamp(-3, 0), "erf")):
+        with pytest.raises(RuntimeError, match=message.format("discretized_gaussian_nll")):
+            call(out_of_range)
+
+
+@pytest.mark.skipif(not _native_cpu("recon_nll"), reason="native CPU ops not built")
+def test_decoder_range_check_is_exact_in_float64_and_passes_the_ends():
+    """float64 data compared in float64 (1 + 2^-40 would round to 1.0 in float32); -1 and 1 pass."""
+    grid = GRID.double()
+    z, ones = X.double(), torch.ones(3, dtype=torch.float64)
+    edges = grid.clone()
+    edges[0, 0, 0], edges[0, 0, 1] = -1.0, 1.0
+    vdm_fast.recon_nll(edges, z, ones, ones * 0.01)
+    vdm_fast.discretized_gaussian_nll(edges, z, z.clamp(-3, 0))
+    edges[1, 1, 1] = 1.0 + 2.0**-40
+    with pytest.raises(RuntimeError, match="x0 must lie in"):
+        vdm_fast.recon_nll(edges, z, ones, ones * 0.01)
+    with pytest.raises(RuntimeError, match="x0 must lie in"):
+        vdm_fast.discretized_gaussian_nll(edges, z, z.clamp(-3, 0))
+
+
 def test_nan_coefficient_poisons_only_its_own_sample():
     """Policy: coefficients are not scanned for NaN/Inf (a scan is a host sync on a GPU); samples
     are independent, so a bad coefficient of sample b affects output b only, on every backend."""

@@ -21,6 +21,7 @@
 #include "cpu/fast_math.h"
 #include "cpu/ndtr.h"
 #include "cpu/per_sample.h"
+#include "cpu/value_checks.h"
 #include "discretized_gaussian_math.h"
 #include "discretized_gaussian_nll.h"
 
@@ -214,6 +215,7 @@ at::Tensor dgauss_cpu(const at::Tensor& x0, const at::Tensor& mean, const at::Te
   const bool tanh = in.tanh;
   at::Tensor out = at::zeros({B}, x0.options().dtype(compute_dtype(x0.scalar_type())));
   if (x0.numel() == 0) return out;
+  check_within(in.x, -1.0f, 1.0f, "discretized_gaussian_nll", "x0", "[-1.0, 1.0]");
   const at::Tensor &x = in.x, &m = in.m, &l = in.l;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "discretized_gaussian_nll_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -231,7 +233,7 @@ at::Tensor dgauss_cpu(const at::Tensor& x0, const at::Tensor& mean, const at::Te
                        : dgauss_segment_f<scalar_t, false>(xp + i, mp + i, lp + i, len);
         }
       }
-    });
+    }, kComputeSerial);
     acc* outp = out.mutable_data_ptr<acc>();
     for (int64_t b = 0; b < B; ++b) outp[b] = static_cast<acc>(-sums[b]);
   });

@@ -23,6 +23,9 @@ namespace cpu {
 // Elements per parallel task: large enough to amortise task overhead, small enough for two
 // cores to share an L2-sized tensor.
 constexpr int64_t kGrain = 32768;
+// The same for compute-bound kernels (recon_nll, discretized_gaussian_nll: several ns an element and
+// up): below this many elements a call runs on one thread.
+constexpr int64_t kComputeSerial = 1024;
 
 // Calls fn(b, begin, end) over flat element ranges [begin, end) that never cross a sample
 // boundary (begin, end are flat offsets in [0, B*D)), in parallel.
@@ -44,16 +47,19 @@ void for_each_segment(int64_t B, int64_t D, const F& fn) {
 // Per-sample reductions of K quantities: fn(b, begin, end, acc) adds the partial sums of one
 // segment into acc[0..K). Segments are reduced in parallel into double partials and combined in
 // a fixed order, so the result does not depend on the thread count. Returns B*K doubles,
-// sample-major.
+// sample-major. The work runs on one thread below `serial_elements` elements: kGrain for the
+// bandwidth-bound ops (as for_each_segment), fewer for the compute-bound ones.
 template <int K, typename F>
-std::vector<double> reduce_per_sample(int64_t B, int64_t D, const F& fn) {
+std::vector<double> reduce_per_sample(int64_t B, int64_t D, const F& fn, int64_t serial_elements = kGrain) {
   std::vector<double> out(static_cast<size_t>(B * K), 0.0);
   if (B == 0) return out;
   const int64_t chunk = std::max<int64_t>(kGrain, 1);
   const int64_t chunks = D == 0 ? 0 : (D + chunk - 1) / chunk;
   const int64_t tasks = B * chunks;
   std::vector<double> partial(static_cast<size_t>(tasks * K), 0.0);
-  at::parallel_for(0, tasks, 1, [&](int64_t lo, int64_t hi) {
+  // One task per (sample, chunk); below serial_elements in all, one thread (a parallel region
+  // costs ~2 us to open: most of a tiny call).
+  at::parallel_for(0, tasks, B * D <= serial_elements ? tasks : 1, [&](int64_t lo, int64_t hi) {
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t b = task / chunks, c = task % chunks;
       const int64_t begin = b * D + c * chunk, end = b * D + std::min(D, (c + 1) * chunk);

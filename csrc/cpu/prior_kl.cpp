@@ -9,6 +9,7 @@
 #include "autograd.h"
 #include "common.h"
 #include "cpu/per_sample.h"
+#include "cpu/value_checks.h"
 #include "prior_kl.h"
 
 // The schema (DESIGN.md §4.4). The backward follows csrc/autograd.h: the forward's arguments in order.
@@ -54,6 +55,7 @@ at::Tensor prior_kl_cpu(const at::Tensor& x0, const at::Tensor& alpha, const at:
   const PriorKlInputs in = prepare_prior_kl(x0, alpha, sigma);
   const at::Tensor &out = in.out, &x = in.x;
   const int64_t B = in.B, D = in.D;
+  check_positive(sigma, "prior_kl", "sigma_1");
   if (B == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "prior_kl_cpu", [&] {
     using acc = acc_t<scalar_t>;

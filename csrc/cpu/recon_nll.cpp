@@ -18,6 +18,7 @@
 #include "common.h"
 #include "cpu/isa.h"
 #include "cpu/per_sample.h"
+#include "cpu/value_checks.h"
 #include "cpu/recon_nll_vec.h"
 #include "recon_nll.h"
 #include "recon_nll_math.h"
@@ -73,8 +74,10 @@ at::Tensor recon_nll_cpu(const at::Tensor& x0, const at::Tensor& z0, const at::T
                          c10::string_view decoder) {
   const ReconNllInputs in = prepare_recon_nll(x0, z0, alpha, sigma, decoder);
   const int64_t B = in.B, D = in.D;
+  check_positive(sigma, "recon_nll", "sigma_0");
   at::Tensor out = at::zeros({B}, alpha.options());
   if (x0.numel() == 0) return out;
+  check_within(in.x, -1.0f, 1.0f, "recon_nll", "x0", "[-1.0, 1.0]");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "recon_nll_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const ReconNllPtrs<scalar_t> p = recon_nll_ptrs<scalar_t>(in, alpha, sigma);
@@ -89,7 +92,7 @@ at::Tensor recon_nll_cpu(const at::Tensor& x0, const at::Tensor& z0, const at::T
                                                          std::min(kSumBlock, end - i));
         }
       }
-    });
+    }, kComputeSerial);
     acc* op_ = out.mutable_data_ptr<acc>();
     for (int64_t b = 0; b < B; ++b) op_[b] = static_cast<acc>(sums[b]);
   });
@@ -122,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> recon_nll_backward_cpu(const at::
           out[1] += part[1];
         }
       }
-    });
+    }, kComputeSerial);
     for (int64_t b = 0; b < B; ++b) {
       if (p.ga) p.ga[b] = static_cast<acc>(p.grad[b] * sums[2 * b]);
       if (p.gs) p.gs[b] = static_cast<acc>(p.grad[b] * sums[2 * b + 1]);

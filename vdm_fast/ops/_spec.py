@@ -94,9 +94,12 @@ class OpSpec:
     # (backend argument, device) -> (the implementation, whether native): the eager call's lookup,
     # emptied by backends.clear_cache()
     _impl_memo: dict = field(default_factory=dict, repr=False, compare=False)
+    # backend argument -> the direct path's callable for CPU data, or None (see _native_direct)
+    _cpu_direct: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         backends.on_clear(self._impl_memo.clear)
+        backends.on_clear(self._cpu_direct.clear)
 
     # --- derived facts -------------------------------------------------------------------------
 
@@ -242,52 +245,68 @@ class OpSpec:
             raise RuntimeError(f"{self.name}: the {name} backend has no implementation of this op") from None
 
     def _native_direct(self, values, plan, backend):
-        """The common eager call handed straight to the native op, or None for the general path.
+        """The common eager call handed straight to the native CPU op, or None for the general path.
 
         The native ops check what the eager fast path would (csrc/common.h: data of one dtype,
         shape and device; coefficients contiguous (B,) tensors of the compute dtype there) and
         name the argument, so here only what they cannot see is checked: every data/coefficient
         argument a tensor, float32/float64 data (half data follows the promotion rules of the
         general path), choices spelled canonically, a native implementation; and, as they are cheap
-        to see, one dtype and 1-D coefficients. An input the op refuses goes to the general path,
-        which converts it (a float alpha, a (B, 1, 1, 1) one, mixed dtypes) or raises its own
-        message. Value checks (positive scales, decoder ranges) run after the op, so a shape error
-        is reported before them, as on the general path."""
-        data_idx, coeff_idx, choice_idx, positive_idx, bounds_idx = plan
-        first = self._plain_first(values, plan)
-        if first is None:
+        to see, one dtype, the CPU and 1-D coefficients. An input the op refuses goes to the general
+        path, which converts it (a float alpha, a (B, 1, 1, 1) one, mixed dtypes) or raises its own
+        message. The value checks (positive scales, decoder ranges) are the native CPU op's own
+        (csrc/cpu/value_checks.h, the same messages): in Python they cost 2-5 us a check.
+
+        Written for speed (the whole public call is ~1.3 us over the raw op, issue 18): one frame,
+        no device object built (``is_cpu``), the implementation memoised per backend argument."""
+        data_idx, coeff_idx, choice_idx = plan[:3]
+        if len(values) != len(self.args):
+            return None
+        first = values[data_idx[0]]
+        if type(first) is not torch.Tensor or not first.is_cpu:
             return None
         dtype = first.dtype
-        entry = self._impl_memo.get((backend, first.device)) or self._memoised_impl(backend, first.device)
-        if not entry[1]:
+        if dtype is not torch.float32 and dtype is not torch.float64:
+            return None
+        call = self._cpu_direct.get(backend, False)
+        if call is False:
+            call = self._cpu_direct_call(backend)
+        if call is None:
             return None
         # A refused input costs an exception (~20 us), so the layouts users pass every call ((B, 1,
         # 1, 1) scales, a bfloat16 model output next to float32 data) are sent on before it.
-        # Meta tensors too: the dispatcher sends a call with any meta input to the fake kernel, which
-        # checks nothing and returns an empty tensor like the first argument (CPU, uninitialised).
+        # Meta tensors too (is_cpu is False for them): the dispatcher sends a call with any meta
+        # input to the fake kernel, which checks nothing and returns an uninitialised tensor.
         for i in data_idx:
             t = values[i]
-            if type(t) is not torch.Tensor or t.dtype is not dtype or t.is_meta:
+            if type(t) is not torch.Tensor or t.dtype is not dtype or not t.is_cpu:
                 return None
         for i in coeff_idx:
             t = values[i]
-            if type(t) is not torch.Tensor or t.dtype is not dtype or t.is_meta or t.dim() != 1:
+            if type(t) is not torch.Tensor or t.dtype is not dtype or not t.is_cpu or t.ndim != 1:
                 return None
         for i in choice_idx:
             if values[i] not in self.args[i].choices:
                 return None
         try:
-            out = entry[0](*values)
+            return call(*values)
         except RuntimeError:
-            return None  # the general path converts the input or raises its own error
-        for i in positive_idx:
-            _checks.positive(self.name, self.args[i].name, values[i])
-        for i in bounds_idx:
-            _checks.within(self.name, self.args[i].name, values[i], *self.args[i].bounds)
-        return out
+            # The general path converts the input or raises its own error (a value check's
+            # included: it runs the Python checks before the op).
+            return None
+
+    def _cpu_direct_call(self, backend):
+        """What the direct path calls for CPU data under this backend argument: the native op's
+        C++ callable when the backend rules pick the native op, else None (memoised with
+        _impl_memo, emptied by backends.clear_cache()). ``OpOverload.__call__`` only forwards to
+        ``_op``; calling that saves a Python frame (0.3 us); without it, the overload itself."""
+        impl, native = self._memoised_impl(backend, torch.device("cpu"))
+        call = getattr(impl, "_op", impl) if native else None
+        self._cpu_direct[backend] = call
+        return call
 
     def _memoised_impl(self, backend, device) -> tuple[Callable, bool]:
-        """(implementation, whether it is the native op) per (backend, device), looked up once
+        """(implementation, whether it is the native CPU op) per (backend, device), looked up once
         (emptied by backends.clear_cache()): the backend rules cost about 2 us of Python a call."""
         entry = self._impl_memo.get((backend, device))
         if entry is None:
@@ -316,6 +335,18 @@ class OpSpec:
             first = next(a for a in args if isinstance(a, torch.Tensor))
         if compiling:
             return self.implementation(backend, first.device)(*args)
+        return self.call_prepared(args, first, backend)
+
+    def call_prepared(self, args: tuple, first: torch.Tensor, backend: str | None = None):
+        """Eager: the native arguments ``args``, already checked and normalised, run on the
+        implementation the backend rules pick for ``first``'s device (the native CPU op's C++
+        callable when that is the one). For an op's own fast path (reverse_step's sampler step)."""
+        if first.is_cpu:
+            call = self._cpu_direct.get(backend, False)
+            if call is False:
+                call = self._cpu_direct_call(backend)
+            if call is not None:
+                return call(*args)
         return self._memoised_impl(backend, first.device)[0](*args)
 
     # --- fake kernels ----------------------------------------------------------------------------

@@ -141,6 +141,10 @@ def reverse_step(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, uncond=Non
         z_next, shape of z, in the promoted dtype (z's when the inputs share it; strides of z when z
         is batch-major dense). Not differentiable: an input that requires grad while grad mode is on raises ValueError.
     """
+    if _plain_step(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, generator,
+                   stochastic):  # a sampler's step: nothing to convert, straight to the op (~2 us saved)
+        return SPEC.call_prepared((z, model_out, coeffs, None, None, None, None, clip, noise,
+                                   _seed(noise, stochastic, coeffs, coeffs, generator), 0), z, backend)
     return SPEC(z, model_out, coeffs, uncond=uncond, guidance_scale=guidance_scale,
                 classifier_grad=classifier_grad, grad_scale=grad_scale, clip=clip, noise=noise,
                 generator=generator, stochastic=stochastic, backend=backend)
@@ -266,6 +270,10 @@ def reverse_step_with_x0(z: torch.Tensor, model_out: torch.Tensor, coeffs, *, un
     schedulers return as ``pred_original_sample`` next to ``prev_sample``: one read of z and m
     instead of two.
     """
+    if _plain_step(z, model_out, coeffs, uncond, guidance_scale, classifier_grad, grad_scale, clip, noise, generator,
+                   stochastic):  # as in reverse_step
+        return SPEC_WITH_X0.call_prepared((z, model_out, coeffs, None, None, None, None, clip, noise,
+                                           _seed(noise, stochastic, coeffs, coeffs, generator), 0), z, backend)
     return SPEC_WITH_X0(z, model_out, coeffs, uncond=uncond, guidance_scale=guidance_scale,
                         classifier_grad=classifier_grad, grad_scale=grad_scale, clip=clip, noise=noise,
                         generator=generator, stochastic=stochastic, backend=backend)
