@@ -63,6 +63,31 @@ def test_cpu_fast_math_matches_reference_over_every_float(fn, stride):
     check(fn, getattr(torch, fn), stride)
 
 
+EXP_NORMAL_LO = -86.0  # csrc/cpu/fast_math.h: kExpNormalLo
+
+
+@pytest.mark.parametrize("stride", [pytest.param(1, marks=pytest.mark.slow, id="all"), pytest.param(61, id="every61st")])
+def test_cpu_exp_normal_is_exp_above_its_floor_and_the_floor_below(stride):
+    """exp_normal_f: exp_f's bound where x >= -86, exp(-86) (a normal float, never a subnormal or 0)
+    below, and NaN, +inf as exp."""
+    floor = torch.ops.vdm_fast.fast_math("exp_normal", torch.tensor([EXP_NORMAL_LO]))
+    assert floor.item() == pytest.approx(math.exp(EXP_NORMAL_LO), rel=2**-22) and floor.item() >= TINY
+    worst = 0.0
+    for x in every_float(stride):
+        got = torch.ops.vdm_fast.fast_math("exp_normal", x)
+        low = x < EXP_NORMAL_LO  # -inf included
+        assert torch.equal(got[low], floor.expand_as(got[low]))
+        truth = torch.exp(x[~low].double())
+        got = got[~low]
+        normal = truth.isfinite() & (truth <= FLT_MAX)
+        if normal.any():
+            worst = max(worst, ulps_off(got[normal], truth[normal]).max().item())
+        want = truth[~normal].float()  # NaN, +inf and overflow
+        assert torch.equal(got[~normal].isnan(), want.isnan())
+        assert torch.equal(got[~normal][~want.isnan()], want[~want.isnan()])
+    assert worst <= 2.0, f"exp_normal: {worst:.3f} ulps"
+
+
 def test_cpu_fast_math_special_values_and_bad_input():
     f = torch.ops.vdm_fast.fast_math
     x = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, -1.0, 88.8, -104.0, 1e-45])

@@ -36,6 +36,8 @@ at::Tensor fast_math(c10::string_view fn, const at::Tensor& x) {
   float* yp = y.mutable_data_ptr<float>();
   if (fn == "exp") {
     apply<fmath::exp_f>(xp, yp, xc.numel());
+  } else if (fn == "exp_normal") {
+    apply<fmath::exp_normal_f>(xp, yp, xc.numel());
   } else if (fn == "log") {
     apply<fmath::log_f>(xp, yp, xc.numel());
   } else if (fn == "log_ndtr") {
@@ -43,7 +45,7 @@ at::Tensor fast_math(c10::string_view fn, const at::Tensor& x) {
   } else if (fn == "log1m") {
     apply<fmath::log1m_f>(xp, yp, xc.numel());
   } else {
-    TORCH_CHECK(false, "fast_math: fn must be 'exp', 'log', 'log_ndtr' or 'log1m', got '", std::string(fn), "'");
+    TORCH_CHECK(false, "fast_math: fn must be 'exp', 'exp_normal', 'log', 'log_ndtr' or 'log1m', got '", std::string(fn), "'");
   }
   return y;
 }
