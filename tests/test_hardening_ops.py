@@ -208,6 +208,39 @@ def test_value_checks_of_the_direct_call_and_the_native_op(dtype, value):
             call(out_of_range)
 
 
+def _value_checked_args():
+    from vdm_fast.ops._spec import SPECS
+
+    for name, spec in SPECS.items():
+        for i, arg in enumerate(spec.args):
+            if arg.positive or arg.bounds is not None:
+                yield pytest.param(spec, i, id=f"{name}-{arg.name}")
+
+
+@pytest.mark.parametrize("spec, index", list(_value_checked_args()))
+def test_every_value_checked_argument_is_checked_by_the_native_cpu_op(spec, index):
+    """The public call's direct path leaves value checks to the native CPU op (vdm_fast/ops/_spec.py,
+    _native_direct): every argument declared positive or bounded must be checked there, or a new op
+    would lose its check silently. Each bad value, put into the op's own sample inputs, raises the
+    Python check's message from the raw op and from the public call."""
+    if not _native_cpu(spec.name):
+        pytest.skip("native CPU ops not built")
+    arg = spec.args[index]
+    values = list(spec.sample_inputs((2, 3, 4), torch.float32, "cpu", torch.Generator().manual_seed(0)))
+    bad = values[index].clone()
+    if arg.positive:
+        bad[1] = -0.25
+        message = f"^{spec.name}: {arg.name} must be > 0"
+    else:
+        bad[1, 2, 3] = arg.bounds[1] + 0.5
+        message = f"^{spec.name}: {arg.name} must lie in"
+    values[index] = bad
+    with pytest.raises(RuntimeError, match=message):
+        getattr(torch.ops.vdm_fast, spec.name)(*values)
+    with pytest.raises(RuntimeError, match=message):
+        getattr(vdm_fast, spec.name)(*values)
+
+
 @pytest.mark.skipif(not _native_cpu("recon_nll"), reason="native CPU ops not built")
 def test_decoder_range_check_is_exact_in_float64_and_passes_the_ends():
     """float64 data compared in float64 (1 + 2^-40 would round to 1.0 in float32); -1 and 1 pass."""
