@@ -31,8 +31,9 @@ inline void check_positive(const at::Tensor& coeff, const char* op, const char* 
   });
 }
 
-// lo <= x <= hi everywhere, NaN failing (x contiguous, any floating dtype). `range` is how the
-// message writes the interval, as Python prints it ("[-1.0, 1.0]").
+// lo <= x <= hi everywhere, NaN failing (x dense: its numel elements from the data pointer, in any
+// order; any floating dtype). `range` is how the message writes the interval, as Python prints it
+// ("[-1.0, 1.0]").
 inline void check_within(const at::Tensor& x, float lo, float hi, const char* op, const char* name,
                          const char* range) {
   std::atomic<bool> ok{true};
@@ -42,7 +43,7 @@ inline void check_within(const at::Tensor& x, float lo, float hi, const char* op
       constexpr int64_t kBlock = 4096;
       for (int64_t i = begin; i < end && ok.load(std::memory_order_relaxed); i += kBlock) {
         const int64_t stop = std::min(end, i + kBlock);
-        // Branch-free within a block (vectorises); `inside` is false for NaN.
+        // Branch-free within a block (vectorises); the comparison is false for NaN, so NaN is bad.
         const bool block_ok = with_cpu_isa([&] {
           // double data compared in double (1 + 1e-12 is out of range), the rest in float
           using cmp_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
