@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "cpu/isa.h"
+#include "cpu/per_sample.h"
 
 namespace vdm_fast {
 namespace cpu {
@@ -39,7 +40,7 @@ inline void check_within(const at::Tensor& x, float lo, float hi, const char* op
   std::atomic<bool> ok{true};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "check_within", [&] {
     const scalar_t* p = x.const_data_ptr<scalar_t>();
-    at::parallel_for(0, x.numel(), 32768, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
       constexpr int64_t kBlock = 4096;
       for (int64_t i = begin; i < end && ok.load(std::memory_order_relaxed); i += kBlock) {
         const int64_t stop = std::min(end, i + kBlock);

@@ -138,7 +138,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="classifier-free guidance scale w (1 = conditional)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when available)")
-    # No type: the default folder is created only when the command runs (check_output_folder).
+    # No type: the default folder is created only when the command runs (check_after_parsing).
     p.add_argument("--out", default="vdm_fast_out/demo", help="folder for checkpoint, PNGs and summary.json")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

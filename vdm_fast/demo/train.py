@@ -192,7 +192,7 @@ def sample(vdm: VDM, per_class: int, steps: int, guidance_scale: float, seed: in
     """8-bit samples by ancestral sampling: ``per_class`` for each class, class-major, with
     classifier-free guidance; ``per_class`` unconditional ones when the model has no classes."""
     vdm.eval()  # no dropout while sampling
-    classes, null = vdm.net.null_class, vdm.net.null_class
+    classes = null = vdm.net.null_class  # labels 0..classes-1; the null label is the next one
     labels = torch.arange(max(classes, 1)).repeat_interleave(per_class).to(device)
     gen = torch.Generator(device=device).manual_seed(seed + 777)
     z = torch.randn((labels.shape[0], *vdm.image_shape), generator=gen, device=device)

@@ -70,6 +70,19 @@ class Arg:
     aliases: dict = field(default_factory=dict, hash=False, compare=False)  # CHOICE: other spellings -> a choice
 
 
+class _MemoByKey(dict):
+    """A dict that computes a missing value with ``compute(key)`` and keeps it: a hit is one dict
+    lookup, with no Python frame (the direct call path reads one per call)."""
+
+    def __init__(self, compute: Callable):
+        super().__init__()
+        self._compute = compute
+
+    def __missing__(self, key):
+        value = self[key] = self._compute(key)
+        return value
+
+
 @dataclass
 class OpSpec:
     """One op: see the module docstring. ``sample_inputs(shape, dtype, device, generator)`` returns
@@ -91,13 +104,16 @@ class OpSpec:
     # and returns the implementation.
     triton_fn: Callable | None = None
     impls: dict[str, Callable] = field(default_factory=dict)
-    # (backend argument, device) -> (the implementation, whether native): the eager call's lookup,
-    # emptied by backends.clear_cache()
+    # (backend argument, device) -> the implementation: the eager call's lookup, emptied by
+    # backends.clear_cache()
     _impl_memo: dict = field(default_factory=dict, repr=False, compare=False)
-    # backend argument -> the direct path's callable for CPU data, or None (see _native_direct)
-    _cpu_direct: dict = field(default_factory=dict, repr=False, compare=False)
+    # backend argument -> the native CPU op's C++ callable, or None when the backend rules pick
+    # another implementation for CPU data (_cpu_direct_call); filled on first use, emptied with
+    # _impl_memo
+    _cpu_direct: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        self._cpu_direct = _MemoByKey(self._cpu_direct_call)
         backends.on_clear(self._impl_memo.clear)
         backends.on_clear(self._cpu_direct.clear)
 
@@ -140,28 +156,21 @@ class OpSpec:
             self.__dict__["_plan"] = plan
         return plan
 
-    def _plain_first(self, values, plan) -> torch.Tensor | None:
-        """The first data argument when the call may take a fast path (one value per argument, that
-        one a float32/float64 tensor: half data follows the general path's promotion and autocast
-        rules), else None."""
-        if len(values) != len(self.args):
-            return None
-        first = values[plan[0][0]]
-        if type(first) is not torch.Tensor:
-            return None
-        dtype = first.dtype
-        return first if dtype is torch.float32 or dtype is torch.float64 else None
-
     def _prepare_fast(self, values, plan) -> tuple | None:
         """The common call, checked in a few attribute reads: data tensors of one float32/float64
         dtype, shape and device; coefficients already contiguous (B,) tensors of that dtype there;
         choices spelled canonically. None when anything differs (the general path then checks,
         converts and names the argument). Value checks (positive scales, decoder ranges) still run."""
         data_idx, coeff_idx, choice_idx, positive_idx, bounds_idx = plan
-        first = self._plain_first(values, plan)
-        if first is None:
+        if len(values) != len(self.args):
             return None
-        dtype, shape, device = first.dtype, first.shape, first.device
+        first = values[data_idx[0]]
+        if type(first) is not torch.Tensor:
+            return None
+        dtype = first.dtype
+        if dtype is not torch.float32 and dtype is not torch.float64:
+            return None  # half data: promotion and autocast rules, the general path
+        shape, device = first.shape, first.device
         if not shape:
             return None
         for i in data_idx[1:]:
@@ -268,9 +277,7 @@ class OpSpec:
         dtype = first.dtype
         if dtype is not torch.float32 and dtype is not torch.float64:
             return None
-        call = self._cpu_direct.get(backend, False)
-        if call is False:
-            call = self._cpu_direct_call(backend)
+        call = self._cpu_direct[backend]
         if call is None:
             return None
         # A refused input costs an exception (~20 us), so the layouts users pass every call ((B, 1,
@@ -295,25 +302,23 @@ class OpSpec:
             # included: it runs the Python checks before the op).
             return None
 
-    def _cpu_direct_call(self, backend):
-        """What the direct path calls for CPU data under this backend argument: the native op's
-        C++ callable when the backend rules pick the native op, else None (memoised with
-        _impl_memo, emptied by backends.clear_cache()). ``OpOverload.__call__`` only forwards to
-        ``_op``; calling that saves a Python frame (0.3 us); without it, the overload itself."""
-        impl, native = self._memoised_impl(backend, torch.device("cpu"))
-        call = getattr(impl, "_op", impl) if native else None
-        self._cpu_direct[backend] = call
-        return call
+    def _cpu_direct_call(self, backend) -> Callable | None:
+        """What the direct path calls for CPU data under this backend argument (the value of
+        ``_cpu_direct[backend]``): the native op's C++ callable when the backend rules pick the
+        native op, else None. ``OpOverload.__call__`` only forwards to ``_op``; calling that saves
+        a Python frame (0.3 us); without it, the overload itself."""
+        impl = self._memoised_impl(backend, torch.device("cpu"))
+        if impl is not self.impls.get("cpu") or not isinstance(impl, torch._ops.OpOverload):
+            return None
+        return getattr(impl, "_op", impl)
 
-    def _memoised_impl(self, backend, device) -> tuple[Callable, bool]:
-        """(implementation, whether it is the native CPU op) per (backend, device), looked up once
-        (emptied by backends.clear_cache()): the backend rules cost about 2 us of Python a call."""
-        entry = self._impl_memo.get((backend, device))
-        if entry is None:
-            impl = self.implementation(backend, device)
-            native = impl is self.impls.get("cpu") and isinstance(impl, torch._ops.OpOverload)
-            entry = self._impl_memo[(backend, device)] = (impl, native)
-        return entry
+    def _memoised_impl(self, backend, device) -> Callable:
+        """The implementation per (backend, device), looked up once (emptied by
+        backends.clear_cache()): the backend rules cost about 2 us of Python a call."""
+        impl = self._impl_memo.get((backend, device))
+        if impl is None:
+            impl = self._impl_memo[(backend, device)] = self.implementation(backend, device)
+        return impl
 
     def __call__(self, *values, backend: str | None = None, **options):
         plan = self._fast_plan()
@@ -342,12 +347,10 @@ class OpSpec:
         implementation the backend rules pick for ``first``'s device (the native CPU op's C++
         callable when that is the one). For an op's own fast path (reverse_step's sampler step)."""
         if first.is_cpu:
-            call = self._cpu_direct.get(backend, False)
-            if call is False:
-                call = self._cpu_direct_call(backend)
+            call = self._cpu_direct[backend]
             if call is not None:
                 return call(*args)
-        return self._memoised_impl(backend, first.device)[0](*args)
+        return self._memoised_impl(backend, first.device)(*args)
 
     # --- fake kernels ----------------------------------------------------------------------------
 
