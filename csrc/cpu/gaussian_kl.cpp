@@ -33,9 +33,6 @@ namespace vdm_fast {
 namespace cpu {
 namespace {
 
-// Sub-segment length of the sums.
-constexpr int64_t kBlock = 1024;
-
 // exp for the loops: fmath::exp_f in float32 (vectorises; <= 2 ulp), libm's in float64.
 struct CpuExp {
   float operator()(float v) const { return fmath::exp_f(v); }
@@ -78,12 +75,12 @@ at::Tensor gaussian_kl_cpu(const at::Tensor& mean_q, const at::Tensor& log_var_q
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean_q.scalar_type(), "gaussian_kl_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const GaussianKlPtrs<scalar_t> ptr = gaussian_kl_ptrs<scalar_t>(in);
+    // One lane sum per segment (at most kGrain elements), as sq_error and prior_kl.
     const std::vector<double> sums = reduce_per_sample<1>(B, D, [&](int64_t, int64_t begin, int64_t end, double* o) {
-      for (int64_t i = begin; i < end; i += kBlock) {
-        const int64_t len = std::min(kBlock, end - i);
-        o[0] += with_cpu_isa(
-            [&] { return gaussian_kl_block<scalar_t, acc>(ptr.mq + i, ptr.lq + i, ptr.mp + i, ptr.lp + i, len); });
-      }
+      o[0] += with_cpu_isa([&] {
+        return gaussian_kl_block<scalar_t, acc>(ptr.mq + begin, ptr.lq + begin, ptr.mp + begin, ptr.lp + begin,
+                                                end - begin);
+      });
     });
     acc* outp = out.mutable_data_ptr<acc>();
     for (int64_t b = 0; b < B; ++b) outp[b] = static_cast<acc>(0.5 * sums[b]);

@@ -29,7 +29,7 @@ namespace vdm_fast {
 namespace cpu {
 namespace {
 
-// Sub-segment length of the sums.
+// Sub-segment length of the backward's pass (the gradient written, the sum taken, block by block).
 constexpr int64_t kBlock = 1024;
 
 // Double lane partials (lane_sum, DESIGN.md §4.10).
@@ -60,10 +60,10 @@ at::Tensor prior_kl_cpu(const at::Tensor& x0, const at::Tensor& alpha, const at:
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "prior_kl_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    // One lane sum over the whole segment (at most kGrain elements): its lanes are double, so a
+    // longer run loses nothing, and the lanes' final tree is paid once per segment.
     const std::vector<double> sums = reduce_per_sample<1>(B, D, [&](int64_t, int64_t begin, int64_t end, double* o) {
-      for (int64_t i = begin; i < end; i += kBlock) {
-        o[0] += with_cpu_isa([&] { return sum_squares_block<scalar_t, acc>(xp + i, std::min(kBlock, end - i)); });
-      }
+      o[0] += with_cpu_isa([&] { return sum_squares_block<scalar_t, acc>(xp + begin, end - begin); });
     });
     const acc* ap = alpha.const_data_ptr<acc>();
     const acc* sp = sigma.const_data_ptr<acc>();

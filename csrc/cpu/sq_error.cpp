@@ -29,7 +29,7 @@ namespace vdm_fast {
 namespace cpu {
 namespace {
 
-// Sub-segment length: the residuals of one block stay in L1 between the backward's loops, long
+// The backward's sub-segment length: the residuals of one block stay in L1 between its loops, long
 // enough to vectorise well.
 constexpr int64_t kBlock = 1024;
 
@@ -88,13 +88,13 @@ at::Tensor sq_error_cpu(const at::Tensor& pred, const at::Tensor& x0, const at::
     const SqErrorPtrs<scalar_t> ptr = sq_error_ptrs<scalar_t>(in, alpha, sigma);
     dispatch_target(in.target, [&](auto tag) {
       constexpr int T = decltype(tag)::value;
+      // One lane sum per segment (at most kGrain elements; double lanes lose nothing over a longer
+      // run, and their final tree is paid once).
       const std::vector<double> sums = reduce_per_sample<1>(B, D, [&](int64_t b, int64_t begin, int64_t end, double* o) {
         const TargetCoeffs<acc> c = target_coeffs<T, acc>(ptr.alpha[b], ptr.sigma[b]);
-        for (int64_t i = begin; i < end; i += kBlock) {
-          o[0] += with_cpu_isa([&] {
-            return sq_error_block<T, scalar_t, acc>(ptr.p + i, ptr.x + i, ptr.n + i, c.tx, c.tn, std::min(kBlock, end - i));
-          });
-        }
+        o[0] += with_cpu_isa([&] {
+          return sq_error_block<T, scalar_t, acc>(ptr.p + begin, ptr.x + begin, ptr.n + begin, c.tx, c.tn, end - begin);
+        });
       });
       acc* op_ = in.out.mutable_data_ptr<acc>();
       for (int64_t b = 0; b < B; ++b) op_[b] = static_cast<acc>(sums[b]);
