@@ -88,6 +88,21 @@ def test_cpu_exp_normal_is_exp_above_its_floor_and_the_floor_below(stride):
     assert worst <= 2.0, f"exp_normal: {worst:.3f} ulps"
 
 
+@pytest.mark.parametrize("stride", [pytest.param(1, marks=pytest.mark.slow, id="all"), pytest.param(61, id="every61st")])
+def test_cpu_log_normal_is_log_on_positive_normal_floats(stride):
+    """log_normal_f: log_f's bound over every positive normal float, NaN for NaN (its domain: the
+    tanh CDF's probability, floored at 1e-12)."""
+    worst = 0.0
+    for x in every_float(stride):
+        x = x[(x >= TINY) & (x <= FLT_MAX) | x.isnan()]
+        got = torch.ops.vdm_fast.fast_math("log_normal", x)
+        nan = x.isnan()
+        assert got[nan].isnan().all()
+        if (~nan).any():
+            worst = max(worst, ulps_off(got[~nan], torch.log(x[~nan].double())).max().item())
+    assert worst <= 2.0, f"log_normal: {worst:.3f} ulps"
+
+
 def test_cpu_fast_math_special_values_and_bad_input():
     f = torch.ops.vdm_fast.fast_math
     x = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, -1.0, 88.8, -104.0, 1e-45])

@@ -40,12 +40,14 @@ at::Tensor fast_math(c10::string_view fn, const at::Tensor& x) {
     apply<fmath::exp_normal_f>(xp, yp, xc.numel());
   } else if (fn == "log") {
     apply<fmath::log_f>(xp, yp, xc.numel());
+  } else if (fn == "log_normal") {
+    apply<fmath::log_normal_f>(xp, yp, xc.numel());
   } else if (fn == "log_ndtr") {
     apply<fmath::log_ndtr_f>(xp, yp, xc.numel());
   } else if (fn == "log1m") {
     apply<fmath::log1m_f>(xp, yp, xc.numel());
   } else {
-    TORCH_CHECK(false, "fast_math: fn must be 'exp', 'exp_normal', 'log', 'log_ndtr' or 'log1m', got '", std::string(fn), "'");
+    TORCH_CHECK(false, "fast_math: fn must be 'exp', 'exp_normal', 'log', 'log_normal', 'log_ndtr' or 'log1m', got '", std::string(fn), "'");
   }
   return y;
 }

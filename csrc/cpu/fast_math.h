@@ -17,7 +17,8 @@
 //          subnormal product rounded once, absolute error <= 2^-149; 0 for x < -103.98, +inf for
 //          x > 88.72, NaN for NaN.
 //   log_f: <= 2 ulp for every positive finite float (subnormals included); -inf at 0, +inf at
-//          +inf, NaN for negative numbers and NaN.
+//          +inf, NaN for negative numbers and NaN. log_normal_f: the same for positive normal
+//          floats, NaN for NaN.
 // The paths of with_cpu_isa round differently (FMA contraction), always within these bounds.
 #pragma once
 
@@ -107,6 +108,17 @@ inline float log_f(float x) {
   const float y = philox::log_unit(xs) - (sub ? kLog2To23 : 0.0f);
   const float inf = std::numeric_limits<float>::infinity();
   return x > 0.0f ? (x < inf ? y : inf) : (x == 0.0f ? -inf : std::numeric_limits<float>::quiet_NaN());
+}
+
+// log(x) for x a positive normal float (up to +inf excluded) or NaN: log_f without its cases for
+// subnormals, zero, negatives and infinity, for callers whose argument cannot be one, e.g. a
+// probability floored at 1e-12. log_f's bound there; NaN for NaN (anything else outside that
+// domain gives a wrong number). Why: those cases' selects made the tanh form of
+// discretized_gaussian_nll's forward loop a quarter slower on an AVX-512 Xeon (3.7 against 2.8 ns
+// an element, one core, in a standalone copy of the loop).
+inline float log_normal_f(float x) {
+  const float y = philox::log_unit(x);
+  return x == x ? y : x;
 }
 
 }  // namespace fmath
