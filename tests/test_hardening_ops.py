@@ -241,6 +241,86 @@ def test_every_value_checked_argument_is_checked_by_the_native_cpu_op(spec, inde
         getattr(vdm_fast, spec.name)(*values)
 
 
+@pytest.mark.parametrize("spec, index", list(_value_checked_args()))
+@pytest.mark.parametrize("transform", ["grad", "jvp"])
+def test_value_checks_hold_under_torch_func_transforms(spec, index, transform):
+    """Under torch.func.grad and forward mode the native op hands the call to its composite twin
+    (csrc/autograd.h), which must make the value checks the native op makes (the public call leaves
+    them to it): a bad value raises there too, for a (B,) tensor and for a coefficient the general
+    path converts."""
+    arg = spec.args[index]
+    values = list(spec.sample_inputs((2, 3, 4), torch.float32, "cpu", torch.Generator().manual_seed(0)))
+    if arg.positive:
+        variants = [values[index].clone(), -0.25]
+        variants[0][1] = -0.25
+        message = f"^{spec.name}: {arg.name} must be > 0"
+    else:
+        variants = [values[index].clone()]
+        variants[0][1, 2, 3] = arg.bounds[1] + 0.5
+        message = f"^{spec.name}: {arg.name} must lie in"
+    wrt = next(i for i in spec.differentiable if i != index)
+    public = getattr(vdm_fast, spec.name)
+    for bad in variants:
+        def f(v, bad=bad):
+            args = list(values)
+            args[index], args[wrt] = bad, v
+            return public(*args)
+
+        with pytest.raises(RuntimeError, match=message):
+            if transform == "grad":
+                torch.func.grad(lambda v: f(v).sum())(values[wrt])
+            else:
+                torch.func.jvp(f, (values[wrt],), (torch.ones_like(values[wrt]),))
+
+
+@pytest.mark.skipif(not _native_cpu("prior_kl"), reason="native CPU ops not built")
+def test_broadcast_shaped_coefficients_take_the_direct_path(monkeypatch):
+    """(B, 1, ..., 1) coefficients, as broadcasting code holds them, go to the native op as (B,)
+    views without the general path (made to fail here), with the same results as (B,) tensors;
+    the shapes the general path refuses still reach it and its message."""
+    from vdm_fast.ops._spec import SPECS
+
+    x, grid = X, GRID
+    alpha, sigma = torch.rand(3, generator=torch.Generator().manual_seed(1)) + 0.2, torch.full((3,), 0.05)
+    want_prior, want_recon = vdm_fast.prior_kl(x, alpha, sigma), vdm_fast.recon_nll(grid, x, alpha, sigma)
+    wide = torch.zeros(3, 4)[:, :1]  # (3, 1) with a row stride of 4: not contiguous as (3,) either
+    wide.copy_(sigma[:, None])
+
+    def general_path(*args, **kwargs):
+        raise AssertionError("the general path was taken")
+
+    for name in ("prior_kl", "recon_nll"):
+        monkeypatch.setattr(SPECS[name], "_prepare", general_path)
+    for a, s in ((alpha[:, None, None], sigma[:, None, None]), (alpha[:, None], wide)):
+        torch.testing.assert_close(vdm_fast.prior_kl(x, a, s), want_prior, rtol=0, atol=0)
+        torch.testing.assert_close(vdm_fast.recon_nll(grid, x, a, s), want_recon, rtol=0, atol=0)
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match=r"^prior_kl: sigma_1 must be > 0"):
+        vdm_fast.prior_kl(x, alpha[:, None], -sigma[:, None])
+    for bad in (alpha[None, :], alpha[:, None].expand(3, 2), torch.tensor(0.5)[None, None].expand(1, 3)):
+        with pytest.raises(ValueError, match=r"^prior_kl: alpha_1 must be a float, a 0-d tensor"):
+            vdm_fast.prior_kl(x, bad, sigma)
+
+
+@pytest.mark.skipif(not _native_cpu("prior_kl"), reason="native CPU ops not built")
+def test_general_path_leaves_value_checks_to_the_native_cpu_op(monkeypatch):
+    """A CPU call that needs converting (a float coefficient) runs the value checks once, in the
+    native op: the Python check runs for the other implementations (here the reference) and still
+    gives the same error on the CPU."""
+    from vdm_fast import _checks
+
+    calls = []
+    real_positive = _checks.positive
+    monkeypatch.setattr(_checks, "positive", lambda *args: (calls.append(args[1]), real_positive(*args))[1])
+    vdm_fast.prior_kl(X, 0.9, 0.3)
+    assert calls == []
+    vdm_fast.prior_kl(X, 0.9, 0.3, backend="reference")
+    assert calls == ["sigma_1"]
+    for backend in ("cpu", "reference"):
+        with pytest.raises(RuntimeError, match=r"^prior_kl: sigma_1 must be > 0 \(its log is taken\)"):
+            vdm_fast.prior_kl(X, 0.9, -0.3, backend=backend)
+
+
 @pytest.mark.skipif(not _native_cpu("recon_nll"), reason="native CPU ops not built")
 def test_decoder_range_check_is_exact_in_float64_and_passes_the_ends():
     """float64 data compared in float64 (1 + 2^-40 would round to 1.0 in float32); -1 and 1 pass."""

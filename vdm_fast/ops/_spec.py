@@ -197,13 +197,20 @@ class OpSpec:
         their promoted dtype (``_checks.data_dtype``), coefficients as contiguous (B,) tensors of the
         compute dtype on the data's device, a generator drawn into (seed, 0). Returns the native
         ops' arguments."""
-        if self.prepare_fn is not None:
-            return self.prepare_fn(*values, **options)
-        plan = self._fast_plan()
-        if plan is not None and not options:
-            fast = self._prepare_fast(values, plan)
+        if self.prepare_fn is None and not options:
+            plan = self._fast_plan()
+            fast = self._prepare_fast(values, plan) if plan is not None else None
             if fast is not None:
                 return fast
+        return self._prepare(values, options, check_values=True)
+
+    def _prepare(self, values: tuple, options: dict, check_values: bool) -> tuple:
+        """``prepare`` without its fast check (the public call has made it already); without
+        ``check_values`` the value checks (positive scales, decoder ranges) are left to the
+        implementation, for a call that goes to the native CPU op: it checks them itself with the
+        same messages (csrc/cpu/value_checks.h), and each Python check costs 2-5 us."""
+        if self.prepare_fn is not None:
+            return self.prepare_fn(*values, **options)
         op, first, out = self.name, None, []
         data = [(arg.name, value) for arg, value in zip(self.args, values) if arg.role == DATA]
         if data:
@@ -217,7 +224,7 @@ class OpSpec:
                 out.append(next(promoted))
             elif arg.role == COEFF:
                 value = _checks.per_sample(op, arg.name, value, first.shape[0], first.device, cdt)
-                if arg.positive:
+                if arg.positive and check_values:
                     _checks.positive(op, arg.name, value)
                 out.append(value)
             elif arg.role == LIKE:
@@ -240,7 +247,7 @@ class OpSpec:
                 raise AssertionError(f"{op}: unknown role {arg.role!r} of {arg.name}")
         # Value checks last, once every argument is known good (a shape error reads better).
         for arg, value in zip(self.args, values):
-            if arg.bounds is not None:
+            if arg.bounds is not None and check_values:
                 _checks.within(op, arg.name, value, *arg.bounds)
         return tuple(out)
 
@@ -261,9 +268,9 @@ class OpSpec:
         name the argument, so here only what they cannot see is checked: every data/coefficient
         argument a tensor, float32/float64 data (half data follows the promotion rules of the
         general path), choices spelled canonically, a native implementation; and, as they are cheap
-        to see, one dtype, the CPU and 1-D coefficients. An input the op refuses goes to the general
-        path, which converts it (a float alpha, a (B, 1, 1, 1) one, mixed dtypes) or raises its own
-        message. The value checks (positive scales, decoder ranges) are the native CPU op's own
+        to see, one dtype and the CPU; (B, 1, ..., 1) coefficients are passed as (B,) views. An
+        input the op refuses goes to the general path, which converts it (a float alpha, mixed
+        dtypes) or raises its own message. The value checks (positive scales, decoder ranges) are the native CPU op's own
         (csrc/cpu/value_checks.h, the same messages): in Python they cost 2-5 us a check.
 
         Written for speed (the whole public call is ~1.3 us over the raw op, issue 18): one frame,
@@ -280,26 +287,35 @@ class OpSpec:
         call = self._cpu_direct[backend]
         if call is None:
             return None
-        # A refused input costs an exception (~20 us), so the layouts users pass every call ((B, 1,
-        # 1, 1) scales, a bfloat16 model output next to float32 data) are sent on before it.
+        # A refused input costs an exception (~20 us), so the layouts users pass every call (a
+        # bfloat16 model output next to float32 data) are sent on before it.
         # Meta tensors too (is_cpu is False for them): the dispatcher sends a call with any meta
         # input to the fake kernel, which checks nothing and returns an uninitialised tensor.
         for i in data_idx:
             t = values[i]
             if type(t) is not torch.Tensor or t.dtype is not dtype or not t.is_cpu:
                 return None
+        args = values
         for i in coeff_idx:
             t = values[i]
-            if type(t) is not torch.Tensor or t.dtype is not dtype or not t.is_cpu or t.ndim != 1:
+            if type(t) is not torch.Tensor or t.dtype is not dtype or not t.is_cpu:
                 return None
+            if t.ndim != 1:
+                # (B, 1, ..., 1), the shape broadcasting code keeps a per-sample scale in: as (B,)
+                # (a view) it costs ~0.5 us here, ~10 us on the general path. Anything else goes there.
+                if t.ndim == 0 or not first.ndim or t.shape[0] != first.shape[0] or t.numel() != t.shape[0]:
+                    return None
+                if args is values:
+                    args = list(values)
+                args[i] = t.contiguous().view(-1)  # the op takes contiguous coefficients
         for i in choice_idx:
             if values[i] not in self.args[i].choices:
                 return None
         try:
-            return call(*values)
+            return call(*args)
         except RuntimeError:
-            # The general path converts the input or raises its own error (a value check's
-            # included: it runs the Python checks before the op).
+            # The general path converts the input or raises its own error (a value error: the
+            # native op raises it again there, the same message).
             return None
 
     def _cpu_direct_call(self, backend) -> Callable | None:
@@ -331,8 +347,14 @@ class OpSpec:
             # The common eager call on another backend, checked in place (_prepare_fast); None:
             # the general path.
             args = self._prepare_fast(values, plan)
-        if args is None:
-            args = self.prepare(*values, **options)
+        if args is None and compiling:
+            args = self.prepare(*values, **options)  # traced: the checks too
+        elif args is None:
+            # The value checks in Python only where the native CPU op will not make them: for other
+            # devices and implementations.
+            first = values[plan[0][0]] if plan is not None and len(values) > plan[0][0] else None
+            native_checks = isinstance(first, torch.Tensor) and first.is_cpu and self._cpu_direct[backend] is not None
+            args = self._prepare(values, options, check_values=not native_checks)
         # The first data argument (its device picks the backend): the native arguments begin with it
         # (an op's own prepare keeps that order too) unless a generator or LIKE argument comes first.
         first = args[plan[0][0]] if plan is not None else args[0]
