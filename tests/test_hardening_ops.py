@@ -300,6 +300,10 @@ def test_broadcast_shaped_coefficients_take_the_direct_path(monkeypatch):
     for bad in (alpha[None, :], alpha[:, None].expand(3, 2), torch.tensor(0.5)[None, None].expand(1, 3)):
         with pytest.raises(ValueError, match=r"^prior_kl: alpha_1 must be a float, a 0-d tensor"):
             vdm_fast.prior_kl(x, bad, sigma)
+    # An empty batch: (0, 3) has as many elements as samples but is not (B, 1, ..., 1).
+    with pytest.raises(ValueError, match=r"^prior_kl: alpha_1 must be a float, a 0-d tensor"):
+        vdm_fast.prior_kl(x[:0], torch.zeros(0, 3), torch.zeros(0, 3))
+    assert vdm_fast.prior_kl(x[:0], torch.zeros(0, 1), torch.ones(0, 1)).shape == (0,)
 
 
 @pytest.mark.skipif(not _native_cpu("prior_kl"), reason="native CPU ops not built")

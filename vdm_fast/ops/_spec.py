@@ -303,7 +303,8 @@ class OpSpec:
             if t.ndim != 1:
                 # (B, 1, ..., 1), the shape broadcasting code keeps a per-sample scale in: as (B,)
                 # (a view) it costs ~0.5 us here, ~10 us on the general path. Anything else goes there.
-                if t.ndim == 0 or not first.ndim or t.shape[0] != first.shape[0] or t.numel() != t.shape[0]:
+                # The rule is _checks.per_sample's: trailing sizes all 1 (so (0, 3) is refused at B = 0).
+                if t.ndim == 0 or not first.ndim or t.shape[0] != first.shape[0] or t.shape[1:].numel() != 1:
                     return None
                 if args is values:
                     args = list(values)
