@@ -28,26 +28,19 @@ from __future__ import annotations
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .. import _checks
 
 _LIB = torch.library.Library("vdm_fast", "FRAGMENT")  # noqa: TOR901 - the composite twins' definitions
 
 
 def forward(spec):
     """The composite twin of ``spec`` (an OpSpec)'s forward: native arguments -> the op's outputs."""
-    native = spec.native_args()
-    constant = [not a.grad for a in native]
-    # The value checks the native CPU op makes itself (csrc/cpu/value_checks.h) and the public call
-    # therefore leaves to it: the twin replaces that op under torch.func transforms and forward
-    # mode, so it makes them too.
-    checked = [(i, a) for i, a in enumerate(native) if a.positive or a.bounds is not None]
+    constant = [not a.grad for a in spec.native_args()]
 
     def composite(*args):
-        for i, a in checked:
-            if a.positive:
-                _checks.positive(spec.name, a.name, args[i])
-            else:
-                _checks.within(spec.name, a.name, args[i], *a.bounds)
+        # The value checks the native CPU op makes itself (csrc/cpu/value_checks.h) and the public
+        # call therefore leaves to it: the twin replaces that op under torch.func transforms and
+        # forward mode, so it makes them too.
+        spec.check_values(args)
         args = [a.detach() if c and isinstance(a, torch.Tensor) else a for a, c in zip(args, constant)]
         return spec.reference(*args)
 

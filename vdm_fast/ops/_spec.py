@@ -141,27 +141,41 @@ class OpSpec:
     # --- the public call -----------------------------------------------------------------------
 
     def _fast_plan(self):
-        """(data, coefficient, choice, positive-coefficient, bounded-data positions) when every
-        argument is DATA, COEFF or CHOICE (the ops without a generator or a LIKE argument), else
-        None. Computed once."""
+        """(data, coefficient, choice positions) when every argument is DATA, COEFF or CHOICE (the
+        ops without a generator or a LIKE argument: their public arguments are the native ones),
+        else None. Computed once."""
         plan = self.__dict__.get("_plan", False)
         if plan is False:
             roles = [a.role for a in self.args]
             plan = None
             if self.prepare_fn is None and set(roles) <= {DATA, COEFF, CHOICE} and DATA in roles:
-                where = lambda keep: tuple(i for i, a in enumerate(self.args) if keep(a))  # noqa: E731
-                plan = (where(lambda a: a.role == DATA), where(lambda a: a.role == COEFF),
-                        where(lambda a: a.role == CHOICE), where(lambda a: a.role == COEFF and a.positive),
-                        where(lambda a: a.role == DATA and a.bounds is not None))
+                where = lambda role: tuple(i for i, a in enumerate(self.args) if a.role == role)  # noqa: E731
+                plan = (where(DATA), where(COEFF), where(CHOICE))
             self.__dict__["_plan"] = plan
         return plan
+
+    def check_values(self, native_values) -> None:
+        """The value checks (DESIGN.md §4.10) on the native ops' arguments: positive scales > 0,
+        decoder data within its bounds, NaN rejected. The native CPU op makes the same checks with
+        the same messages (csrc/cpu/value_checks.h); this is the Python side's one copy, for the
+        other implementations (``_prepare``, ``_prepare_fast``) and the composite twins that stand
+        in for the native op under torch.func transforms and forward mode (``_autodiff.forward``)."""
+        checked = self.__dict__.get("_checked")
+        if checked is None:
+            checked = self.__dict__["_checked"] = tuple(
+                (i, a) for i, a in enumerate(self.native_args()) if a.positive or a.bounds is not None)
+        for i, a in checked:
+            if a.positive:
+                _checks.positive(self.name, a.name, native_values[i])
+            else:
+                _checks.within(self.name, a.name, native_values[i], *a.bounds)
 
     def _prepare_fast(self, values, plan) -> tuple | None:
         """The common call, checked in a few attribute reads: data tensors of one float32/float64
         dtype, shape and device; coefficients already contiguous (B,) tensors of that dtype there;
         choices spelled canonically. None when anything differs (the general path then checks,
         converts and names the argument). Value checks (positive scales, decoder ranges) still run."""
-        data_idx, coeff_idx, choice_idx, positive_idx, bounds_idx = plan
+        data_idx, coeff_idx, choice_idx = plan
         if len(values) != len(self.args):
             return None
         first = values[data_idx[0]]
@@ -186,10 +200,7 @@ class OpSpec:
         for i in choice_idx:
             if values[i] not in self.args[i].choices:
                 return None
-        for i in positive_idx:
-            _checks.positive(self.name, self.args[i].name, values[i])
-        for i in bounds_idx:
-            _checks.within(self.name, self.args[i].name, values[i], *self.args[i].bounds)
+        self.check_values(values)
         return values
 
     def prepare(self, *values, **options) -> tuple:
@@ -223,10 +234,7 @@ class OpSpec:
             if arg.role == DATA:
                 out.append(next(promoted))
             elif arg.role == COEFF:
-                value = _checks.per_sample(op, arg.name, value, first.shape[0], first.device, cdt)
-                if arg.positive and check_values:
-                    _checks.positive(op, arg.name, value)
-                out.append(value)
+                out.append(_checks.per_sample(op, arg.name, value, first.shape[0], first.device, cdt))
             elif arg.role == LIKE:
                 if not isinstance(value, torch.Tensor):
                     raise TypeError(f"{op}: {arg.name} must be a torch.Tensor, got {type(value).__name__}")
@@ -245,11 +253,11 @@ class OpSpec:
                 out += [draw_seed(value, op), 0]
             else:
                 raise AssertionError(f"{op}: unknown role {arg.role!r} of {arg.name}")
-        # Value checks last, once every argument is known good (a shape error reads better).
-        for arg, value in zip(self.args, values):
-            if arg.bounds is not None and check_values:
-                _checks.within(op, arg.name, value, *arg.bounds)
-        return tuple(out)
+        out = tuple(out)
+        if check_values:
+            # Last, once every argument is known good (a shape error reads better).
+            self.check_values(out)
+        return out
 
     def implementation(self, backend: str | None, device: torch.device) -> Callable:
         name = backends.resolve(backend, device, self.name)
@@ -275,7 +283,7 @@ class OpSpec:
 
         Written for speed (the whole public call is ~1.3 us over the raw op, issue 18): one frame,
         no device object built (``is_cpu``), the implementation memoised per backend argument."""
-        data_idx, coeff_idx, choice_idx = plan[:3]
+        data_idx, coeff_idx, choice_idx = plan
         if len(values) != len(self.args):
             return None
         first = values[data_idx[0]]
