@@ -55,7 +55,7 @@ def main() -> None:
         values = spec.sample_inputs(SHAPE, torch.float32, "cpu", gen)
         raw = getattr(torch.ops.vdm_fast, name)
         try:
-            native_args = spec.prepare(*values) if spec._fast_plan() is None else values
+            native_args = spec.prepare(*values)
             raw_us = per_call_us(lambda: raw(*native_args))
         except (RuntimeError, TypeError):  # an op whose native arguments differ from the public ones
             raw_us = float("nan")

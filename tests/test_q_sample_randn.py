@@ -110,6 +110,26 @@ def test_generator_state(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_one_draw_whichever_call_path(backend):
+    """The seed is drawn once per call, before the call path is chosen: a coefficient the native op
+    refuses (non-contiguous, (B, 1)-shaped, a float, float64 next to float32 data) sends the call from
+    the direct path to the general one, and gives the same noise and generator state as the
+    plain call."""
+    name, device = backend
+    x0, alpha, sigma = make_inputs((3, 2, 5), torch.float32, device)
+    g = gen(6)
+    z, noise = vdm_fast.q_sample_randn(x0, alpha, sigma, g, backend=name)
+    after = g.get_state()
+    strided = torch.stack([alpha, alpha], 1)[:, 0]
+    assert not strided.is_contiguous()
+    for a in (strided, alpha[:, None], 0.5, alpha.double()):
+        h = gen(6)
+        z2, noise2 = vdm_fast.q_sample_randn(x0, a, sigma, h, backend=name)
+        assert torch.equal(noise2, noise) and torch.equal(h.get_state(), after), type(a)
+    torch.testing.assert_close(z2, z, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
 def test_low_precision_inputs_match_reference(backend, dtype):
     """float16/bfloat16 data is read as it is and computed in float32: z and its gradients are

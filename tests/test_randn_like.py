@@ -420,6 +420,16 @@ def test_same_noise_on_every_backend(backend):
     assert_normals_close(got, want, box_muller_allowance(seed, 0, want), msg=name)  # x is contiguous
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_never_requires_grad(backend):
+    """Only x's shape and dtype are read: no autograd node, on any path (direct or checked)."""
+    name, device = backend
+    x = torch.randn(3, 4, device=device, requires_grad=True)
+    for like in (x, x.double(), x.half(), x[:, ::2]):
+        out = vdm_fast.randn_like(like, torch.Generator().manual_seed(1), backend=name)
+        assert not out.requires_grad and out.grad_fn is None, (name, like.dtype)
+
+
 def test_generator_advances_by_one_draw():
     g = torch.Generator().manual_seed(3)
     vdm_fast.randn_like(torch.empty(100), g, backend="reference")

@@ -58,6 +58,19 @@ LIKE_DATA = "like_data"    # the first data argument's shape, dtype and layout (
 PER_SAMPLE = "per_sample"  # (B,) in the compute dtype (float64 for float64 data, float32 otherwise)
 
 
+def _draw_seed() -> Callable:
+    """randn_like.draw_seed (the seed rule lives with randn_like, which imports this module)."""
+    global _DRAW_SEED
+    if _DRAW_SEED is None:
+        from .randn_like import draw_seed
+
+        _DRAW_SEED = draw_seed
+    return _DRAW_SEED
+
+
+_DRAW_SEED: Callable | None = None
+
+
 @dataclass(frozen=True)
 class Arg:
     name: str
@@ -141,18 +154,29 @@ class OpSpec:
     # --- the public call -----------------------------------------------------------------------
 
     def _fast_plan(self):
-        """(data, coefficient, choice positions) when every argument is DATA, COEFF or CHOICE (the
-        ops without a generator or a LIKE argument: their public arguments are the native ones),
-        else None. Computed once."""
+        """(data, coefficient, choice positions, generator position or None) when every argument
+        is DATA, COEFF or CHOICE, or the one argument is LIKE (randn_like: its tensor stands where
+        the data would), but for a last GENERATOR: the ops whose native arguments are the public
+        ones, a generator replaced by its seed and offset 0. Else None. Computed once."""
         plan = self.__dict__.get("_plan", False)
         if plan is False:
             roles = [a.role for a in self.args]
+            gen = len(roles) - 1 if roles and roles[-1] == GENERATOR else None
+            body = roles[:gen]
             plan = None
-            if self.prepare_fn is None and set(roles) <= {DATA, COEFF, CHOICE} and DATA in roles:
+            if self.prepare_fn is None and (set(body) <= {DATA, COEFF, CHOICE} and DATA in body or body == [LIKE]):
                 where = lambda role: tuple(i for i, a in enumerate(self.args) if a.role == role)  # noqa: E731
-                plan = (where(DATA), where(COEFF), where(CHOICE))
+                plan = (where(DATA) or where(LIKE), where(COEFF), where(CHOICE), gen)
             self.__dict__["_plan"] = plan
         return plan
+
+    def _seeded(self, values: tuple, gen: int) -> tuple:
+        """``values`` with the generator (last) replaced by its drawn seed: drawn once, before a
+        path is chosen, so a call that falls from the direct path to the general one uses the same
+        seed (draw_seed returns a seed tensor as it is)."""
+        if len(values) != len(self.args):
+            return values  # the general path names what is missing
+        return (*values[:gen], _draw_seed()(values[gen], self.name))
 
     def check_values(self, native_values) -> None:
         """The value checks (DESIGN.md §4.10) on the native ops' arguments: positive scales > 0,
@@ -175,7 +199,7 @@ class OpSpec:
         dtype, shape and device; coefficients already contiguous (B,) tensors of that dtype there;
         choices spelled canonically. None when anything differs (the general path then checks,
         converts and names the argument). Value checks (positive scales, decoder ranges) still run."""
-        data_idx, coeff_idx, choice_idx = plan
+        data_idx, coeff_idx, choice_idx, gen = plan
         if len(values) != len(self.args):
             return None
         first = values[data_idx[0]]
@@ -201,7 +225,10 @@ class OpSpec:
             if values[i] not in self.args[i].choices:
                 return None
         self.check_values(values)
-        return values
+        if self.args[0].role == LIKE:
+            # Only its shape and dtype are read: no autograd node through it (as _prepare).
+            values = (values[0].detach(), *values[1:])
+        return values if gen is None else (*values, 0)  # values[gen] is the seed (_seeded): offset 0
 
     def prepare(self, *values, **options) -> tuple:
         """The public arguments checked (errors name the argument) and normalised: data tensors in
@@ -210,6 +237,8 @@ class OpSpec:
         ops' arguments."""
         if self.prepare_fn is None and not options:
             plan = self._fast_plan()
+            if plan is not None and plan[3] is not None:
+                values = self._seeded(values, plan[3])
             fast = self._prepare_fast(values, plan) if plan is not None else None
             if fast is not None:
                 return fast
@@ -248,9 +277,7 @@ class OpSpec:
                     raise ValueError(f"{op}: {arg.name} must be one of {arg.choices}, got {value!r}")
                 out.append(value)
             elif arg.role == GENERATOR:
-                from .randn_like import draw_seed  # the seed rule lives with randn_like
-
-                out += [draw_seed(value, op), 0]
+                out += [_draw_seed()(value, op), 0]
             else:
                 raise AssertionError(f"{op}: unknown role {arg.role!r} of {arg.name}")
         out = tuple(out)
@@ -283,7 +310,7 @@ class OpSpec:
 
         Written for speed (the whole public call is ~1.3 us over the raw op, issue 18): one frame,
         no device object built (``is_cpu``), the implementation memoised per backend argument."""
-        data_idx, coeff_idx, choice_idx = plan
+        data_idx, coeff_idx, choice_idx, gen = plan
         if len(values) != len(self.args):
             return None
         first = values[data_idx[0]]
@@ -320,6 +347,8 @@ class OpSpec:
         for i in choice_idx:
             if values[i] not in self.args[i].choices:
                 return None
+        if gen is not None:
+            args = (*args, 0)  # values[gen] is the seed (_seeded): offset 0
         try:
             return call(*args)
         except RuntimeError:
@@ -350,6 +379,8 @@ class OpSpec:
         compiling = torch.compiler.is_compiling()
         args = None
         if plan is not None and not options and not compiling:
+            if plan[3] is not None:
+                values = self._seeded(values, plan[3])
             out = self._native_direct(values, plan, backend)
             if out is not None:
                 return out
