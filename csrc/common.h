@@ -33,6 +33,22 @@ inline at::Tensor empty_out_like(const at::Tensor& x) {
   return at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
+// A tensor whose strides name the storage layout the kernels use for data like `x` (the layout
+// of empty_out_like(x)), for in_layout_of: `x` itself when it is batch-major dense, so the common
+// call allocates nothing (an uninitialised full-size template cost an allocation per call: ~0.5 us
+// on a tiny tensor, an mmap and munmap at glibc's default threshold on a large one), else an
+// uninitialised contiguous tensor (never written).
+inline at::Tensor layout_of(const at::Tensor& x) {
+  if (is_batch_major_dense(x)) return x;
+  return at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
+// A (B,) per-sample output in `options`: uninitialised when the kernel writes every entry (data
+// with elements), zeros when it does not run (no elements: an empty sum is 0).
+inline at::Tensor per_sample_output(int64_t B, bool no_elements, const at::TensorOptions& options) {
+  return no_elements ? at::zeros({B}, options) : at::empty({B}, options);
+}
+
 // Large CPU outputs are fresh mmap'd pages (glibc serves big allocations with mmap): touching
 // them costs one page fault per 4 KiB, which at DRAM sizes takes longer than the kernel itself
 // (q_sample at 268 MB/tensor: 73 ms with 4 KiB faults, 21 ms with 2 MiB pages). Asking for

@@ -39,7 +39,7 @@ inline DgaussInputs prepare_dgauss(const at::Tensor& x0, const at::Tensor& mean,
   in.B = x0.size(0);
   in.D = per_sample_numel(x0);
   if (x0.numel() == 0) return in;
-  const at::Tensor layout = empty_out_like(x0);  // never written: it only names the layout
+  const at::Tensor layout = layout_of(x0);
   in.x = in_layout_of(x0, layout);
   in.m = in_layout_of(mean, layout);
   in.l = in_layout_of(log_scale, layout);

@@ -80,9 +80,9 @@ inline GaussianKlInputs prepare_gaussian_kl(const at::Tensor& mean_q, const at::
   in.D = per_sample_numel(mean_q);
   in.done = mean_q.numel() == 0;
   const auto options = mean_q.options().dtype(compute_dtype(mean_q.scalar_type()));
-  in.out = in.done ? at::zeros({in.B}, options) : at::empty({in.B}, options);
+  in.out = per_sample_output(in.B, in.done, options);
   if (in.done) return in;
-  const at::Tensor layout = empty_out_like(mean_q);  // never written: it only names the layout
+  const at::Tensor layout = layout_of(mean_q);
   in.mq = in_layout_of(mean_q, layout);
   in.lq = in_layout_of(log_var_q, layout);
   in.mp = in_layout_of(mean_p, layout);

@@ -26,7 +26,7 @@ struct PriorKlInputs {
 inline PriorKlInputs prepare_prior_kl(const at::Tensor& x0, const at::Tensor& alpha, const at::Tensor& sigma) {
   check_prior_kl_args("vdm_fast::prior_kl", x0, alpha, sigma);
   PriorKlInputs in{at::empty({x0.size(0)}, alpha.options()), {}, x0.size(0), per_sample_numel(x0)};
-  if (in.B > 0) in.x = in_layout_of(x0, empty_out_like(x0));
+  if (in.B > 0) in.x = in_layout_of(x0, layout_of(x0));
   return in;
 }
 
@@ -54,7 +54,7 @@ inline PriorKlBackwardInputs prepare_prior_kl_backward(const at::Tensor& grad, c
   in.gs = coeff_grad_output(output_mask[2], sigma, in.B);
   in.done = in.B == 0 || !(output_mask[0] || output_mask[1] || output_mask[2]);
   if (in.done) return in;
-  in.x = in.want_gx || in.want_sum ? in_layout_of(x0, in.want_gx ? in.gx : empty_out_like(x0)) : x0;
+  in.x = in.want_gx || in.want_sum ? in_layout_of(x0, in.want_gx ? in.gx : layout_of(x0)) : x0;
   return in;
 }
 

@@ -66,7 +66,7 @@ inline QSampleBackwardInputs prepare_q_sample_backward(const at::Tensor& grad, c
   in.gs = coeff_grad_output(in.want_gs, sigma, in.B);
   in.done = x0.numel() == 0 || !(in.want_gx || in.want_gn || in.want_sums);
   if (in.done) return in;
-  const at::Tensor layout = in.want_gx ? in.gx : (in.want_gn ? in.gn : empty_out_like(x0));
+  const at::Tensor layout = in.want_gx ? in.gx : (in.want_gn ? in.gn : layout_of(x0));
   in.g = in_layout_of(grad, layout);
   in.x = in_layout_of(x0, layout);
   in.n = in_layout_of(noise, layout);

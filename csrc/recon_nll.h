@@ -30,7 +30,7 @@ inline ReconNllInputs prepare_recon_nll(const at::Tensor& x0, const at::Tensor& 
   check_recon_args("vdm_fast::recon_nll", x0, z0, alpha, sigma, decoder);
   ReconNllInputs in{{}, {}, x0.size(0), per_sample_numel(x0)};
   if (x0.numel() == 0) return in;
-  const at::Tensor layout = empty_out_like(x0);  // never written: it only names the layout
+  const at::Tensor layout = layout_of(x0);
   in.x = in_layout_of(x0, layout);
   in.z = in_layout_of(z0, layout);
   return in;
@@ -66,7 +66,7 @@ inline ReconNllBackwardInputs prepare_recon_nll_backward(const at::Tensor& grad,
   in.gs = coeff_grad_output(in.want_gs, sigma, in.B);
   in.done = x0.numel() == 0 || !(in.want_gz || in.want_sums);
   if (in.done) return in;
-  const at::Tensor layout = in.want_gz ? in.gz : empty_out_like(x0);
+  const at::Tensor layout = in.want_gz ? in.gz : layout_of(x0);
   in.x = in_layout_of(x0, layout);
   in.z = in_layout_of(z0, layout);
   return in;

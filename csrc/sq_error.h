@@ -42,16 +42,16 @@ struct SqErrorData {
 
 struct SqErrorInputs : SqErrorData {
   using SqErrorData::SqErrorData;
-  at::Tensor out;  // (B,), zeros
+  at::Tensor out;  // (B,): zeros when pred has no elements, else uninitialised (the kernels write every entry)
 };
 
 inline SqErrorInputs prepare_sq_error(const at::Tensor& pred, const at::Tensor& x0, const at::Tensor& noise,
                                       const at::Tensor& alpha, const at::Tensor& sigma,
                                       c10::string_view target_name) {
   SqErrorInputs in("vdm_fast::sq_error", pred, x0, noise, alpha, sigma, target_name);
-  in.out = at::zeros({in.B}, alpha.options());
+  in.out = per_sample_output(in.B, pred.numel() == 0, alpha.options());
   // pred's layout when pred is batch-major dense (no copy), else contiguous.
-  if (pred.numel() > 0) in.load(pred, x0, noise, empty_out_like(pred));
+  if (pred.numel() > 0) in.load(pred, x0, noise, layout_of(pred));
   return in;
 }
 
@@ -93,7 +93,7 @@ inline SqErrorBackwardInputs prepare_sq_error_backward(const at::Tensor& grad, c
   in.gs = coeff_grad_output(in.want_gs, sigma, in.B);
   in.done = pred.numel() == 0 || !(in.want_gp || in.want_gx || in.want_gn || in.want_sums);
   if (in.done) return in;
-  in.load(pred, x0, noise, in.want_gp ? in.gp : (in.want_gx ? in.gx : (in.want_gn ? in.gn : empty_out_like(pred))));
+  in.load(pred, x0, noise, in.want_gp ? in.gp : (in.want_gx ? in.gx : (in.want_gn ? in.gn : layout_of(pred))));
   return in;
 }
 

@@ -219,7 +219,7 @@ at::Tensor dgauss_cpu(const at::Tensor& x0, const at::Tensor& mean, const at::Te
   const DgaussInputs in = prepare_dgauss(x0, mean, log_scale, cdf);
   const int64_t B = in.B, D = in.D;
   const bool tanh = in.tanh;
-  at::Tensor out = at::zeros({B}, x0.options().dtype(compute_dtype(x0.scalar_type())));
+  at::Tensor out = per_sample_output(B, x0.numel() == 0, x0.options().dtype(compute_dtype(x0.scalar_type())));
   if (x0.numel() == 0) return out;
   check_within(in.x, -1.0f, 1.0f, "discretized_gaussian_nll", "x0", "[-1.0, 1.0]");
   const at::Tensor &x = in.x, &m = in.m, &l = in.l;

@@ -75,7 +75,7 @@ at::Tensor recon_nll_cpu(const at::Tensor& x0, const at::Tensor& z0, const at::T
   const ReconNllInputs in = prepare_recon_nll(x0, z0, alpha, sigma, decoder);
   const int64_t B = in.B, D = in.D;
   check_positive(sigma, "recon_nll", "sigma_0");
-  at::Tensor out = at::zeros({B}, alpha.options());
+  at::Tensor out = per_sample_output(B, x0.numel() == 0, alpha.options());
   if (x0.numel() == 0) return out;
   check_within(in.x, -1.0f, 1.0f, "recon_nll", "x0", "[-1.0, 1.0]");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "recon_nll_cpu", [&] {
