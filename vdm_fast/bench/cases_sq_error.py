@@ -4,7 +4,10 @@ Two kinds of case, both forward + backward (what training runs):
 - ``sq_error``: the op alone, grads to pred only (the model output), as in a training loss;
 - ``loss_step``: one whole diffusion training-loss step without the model: z_t = q_sample(x0,
   alpha, sigma, noise) (the model's input) and loss = sq_error(pred, x0, noise, alpha, sigma).mean(),
-  backward to pred (grads to x0 and noise are not needed).
+  backward to pred (grads to x0 and noise are not needed). Nothing links pred to z_t here, so
+  torch.compile may fuse q_sample into the loss, which no training step allows;
+- the same step with a stand-in network between (a 1x1 convolution, pred = net(z_t)), backward to
+  its weights: the order a training step imposes, the network's cost the same for every provider.
 """
 
 from __future__ import annotations
@@ -89,6 +92,35 @@ def _loss_step_case(shape, device: str, compiled_step) -> Case:
                 ours=tuple(ours))
 
 
+def _reference_net_step(net, x0, noise, alpha, sigma):
+    pred = net(reference.q_sample(x0, alpha, sigma, noise))
+    return reference.sq_error(pred, x0, noise, alpha, sigma, "eps").mean()
+
+
+def _loss_step_net_case(shape, device: str) -> Case:
+    _, x0, noise, alpha, sigma = _inputs(shape, device)
+    net = torch.nn.Conv2d(shape[1], shape[1], 1).to(device)
+    weights = tuple(net.parameters())
+
+    def run(step):
+        return lambda: torch.autograd.grad(step(net, x0, noise, alpha, sigma), weights)
+
+    providers, ours = {}, []
+    for backend in _ours(device):
+        def step(net, x0, noise, alpha, sigma, b=backend):
+            pred = net(q_sample(x0, alpha, sigma, noise, backend=b))
+            return sq_error(pred, x0, noise, alpha, sigma, "eps", backend=b).mean()
+        providers[f"vdm_fast[{backend}]"] = run(step)
+        ours.append(f"vdm_fast[{backend}]")
+    providers["eager"] = run(_reference_net_step)
+    providers["torch.compile"] = run(torch.compile(_reference_net_step, dynamic=False))
+    # As loss_step (8 passes), plus the convolution's forward (read z, write pred) and its weight
+    # gradient (read z and grad_pred).
+    nbytes = (8 + 4) * x0.numel() * x0.element_size()
+    return Case("loss_step", f"{tuple(shape)} fp32 q_sample, 1x1 conv, sq_error fwd+bwd", nbytes, providers,
+                device=device, elements=math.prod(shape), ours=tuple(ours))
+
+
 # The ops whose benchmarks this module writes by hand (vdm-fast bench derives the others').
 OPS = ("sq_error",)
 
@@ -101,4 +133,6 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
     if not quick:
         out.append(_sq_error_case(shapes[0], device, "v", compiled_ref))
     out += [_loss_step_case(shape, device, compiled_step) for shape in shapes]
+    if not quick:
+        out += [_loss_step_net_case(shape, device) for shape in shapes]
     return out
