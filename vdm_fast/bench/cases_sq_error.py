@@ -6,8 +6,10 @@ Two kinds of case, both forward + backward (what training runs):
   alpha, sigma, noise) (the model's input) and loss = sq_error(pred, x0, noise, alpha, sigma).mean(),
   backward to pred (grads to x0 and noise are not needed). Nothing links pred to z_t here, so
   torch.compile may fuse q_sample into the loss, which no training step allows;
-- the same step with a stand-in network between (a 1x1 convolution, pred = net(z_t)), backward to
-  its weights: the order a training step imposes, the network's cost the same for every provider.
+- the same step with a stand-in network between, pred = w * z_t with a learnable per-sample w,
+  backward to w: the order a training step imposes. The stand-in (``_stand_in_net``) is a C++ op
+  torch.compile cannot see into, as a network's convolutions are extern kernels it cannot fuse
+  across; its cost is the same for every provider.
 """
 
 from __future__ import annotations
@@ -92,32 +94,40 @@ def _loss_step_case(shape, device: str, compiled_step) -> Case:
                 ours=tuple(ours))
 
 
-def _reference_net_step(net, x0, noise, alpha, sigma):
-    pred = net(reference.q_sample(x0, alpha, sigma, noise))
+def _stand_in_net(z, w, zero):
+    """The network of the loss step with a network: pred = w * z per sample, as the native CPU
+    q_sample op (w * z + 0 * z): a C++ op with a C++ autograd node, as a network's layers are, and
+    opaque to torch.compile, as their convolutions (extern kernels) are. The same op for every
+    provider; its backward gives w's gradient, a per-sample sum of grad * z."""
+    return torch.ops.vdm_fast.q_sample(z, w, zero, z)
+
+
+def _reference_net_step(w, zero, x0, noise, alpha, sigma):
+    pred = _stand_in_net(reference.q_sample(x0, alpha, sigma, noise), w, zero)
     return reference.sq_error(pred, x0, noise, alpha, sigma, "eps").mean()
 
 
 def _loss_step_net_case(shape, device: str) -> Case:
     _, x0, noise, alpha, sigma = _inputs(shape, device)
-    net = torch.nn.Conv2d(shape[1], shape[1], 1).to(device)
-    weights = tuple(net.parameters())
+    w = torch.ones(shape[0], device=device, requires_grad=True)
+    zero = torch.zeros(shape[0], device=device)
 
     def run(step):
-        return lambda: torch.autograd.grad(step(net, x0, noise, alpha, sigma), weights)
+        return lambda: torch.autograd.grad(step(w, zero, x0, noise, alpha, sigma), w)
 
     providers, ours = {}, []
     for backend in _ours(device):
-        def step(net, x0, noise, alpha, sigma, b=backend):
-            pred = net(q_sample(x0, alpha, sigma, noise, backend=b))
+        def step(w, zero, x0, noise, alpha, sigma, b=backend):
+            pred = _stand_in_net(q_sample(x0, alpha, sigma, noise, backend=b), w, zero)
             return sq_error(pred, x0, noise, alpha, sigma, "eps", backend=b).mean()
         providers[f"vdm_fast[{backend}]"] = run(step)
         ours.append(f"vdm_fast[{backend}]")
     providers["eager"] = run(_reference_net_step)
     providers["torch.compile"] = run(torch.compile(_reference_net_step, dynamic=False))
-    # As loss_step (8 passes), plus the convolution's forward (read z, write pred) and its weight
-    # gradient (read z and grad_pred).
-    nbytes = (8 + 4) * x0.numel() * x0.element_size()
-    return Case("loss_step", f"{tuple(shape)} fp32 q_sample, 1x1 conv, sq_error fwd+bwd", nbytes, providers,
+    # As loss_step (8 passes), plus the stand-in's forward (read z twice, write pred) and its
+    # backward (read z and grad_pred).
+    nbytes = (8 + 5) * x0.numel() * x0.element_size()
+    return Case("loss_step", f"{tuple(shape)} fp32 q_sample, net, sq_error fwd+bwd", nbytes, providers,
                 device=device, elements=math.prod(shape), ours=tuple(ours))
 
 
