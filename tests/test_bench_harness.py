@@ -42,3 +42,26 @@ def test_table_has_the_roofline_columns():
     header, _, first, *_ = table.splitlines()
     assert "ns/el" in header and "roof" in header and "%roof" in header
     assert "2.00" in first and "3.00" in first and "150%" in first
+
+
+@pytest.mark.parametrize("with_network", [False, True], ids=["loss_step", "loss_step_with_network"])
+def test_loss_step_providers_compute_the_same_gradient(with_network):
+    """A benchmark compares providers of one computation: every provider of the loss-step cases
+    (ours, eager, torch.compile) returns the same gradient, within float32 rounding of the sums."""
+    import torch
+
+    from vdm_fast.bench import cases_sq_error
+
+    shape = (3, 2, 4, 5)
+    if with_network:
+        case = cases_sq_error._loss_step_net_case(shape, "cpu")
+    else:
+        compiled = torch.compile(cases_sq_error._reference_loss_step, dynamic=False)
+        case = cases_sq_error._loss_step_case(shape, "cpu", compiled)
+    # loss_step's providers return (z, grads), the network case's the grads.
+    got = {name: provider() if with_network else provider()[1] for name, provider in case.providers.items()}
+    assert set(got) >= {"eager", "torch.compile"} and case.ours
+    for name, grads in got.items():
+        for g, w in zip(grads, got["eager"], strict=True):
+            # Sums of D = 40 float32 terms in different orders: within D * eps relative (~5e-6).
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=name)
