@@ -36,11 +36,10 @@ inline at::Tensor empty_out_like(const at::Tensor& x) {
 // A tensor whose strides name the storage layout the kernels use for data like `x` (the layout
 // of empty_out_like(x)), for in_layout_of: `x` itself when it is batch-major dense, so the common
 // call allocates nothing (an uninitialised full-size template cost an allocation per call: ~0.5 us
-// on a tiny tensor, an mmap and munmap at glibc's default threshold on a large one), else an
-// uninitialised contiguous tensor (never written).
+// on a tiny tensor, an mmap and munmap at glibc's default threshold on a large one), else
+// empty_out_like(x) (never written).
 inline at::Tensor layout_of(const at::Tensor& x) {
-  if (is_batch_major_dense(x)) return x;
-  return at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  return is_batch_major_dense(x) ? x : empty_out_like(x);
 }
 
 // A (B,) per-sample output in `options`: uninitialised when the kernel writes every entry (data

@@ -28,7 +28,6 @@ from __future__ import annotations
 import torch
 import torch.autograd.forward_ad as fwAD
 
-
 _LIB = torch.library.Library("vdm_fast", "FRAGMENT")  # noqa: TOR901 - the composite twins' definitions
 
 

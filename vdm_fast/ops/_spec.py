@@ -42,6 +42,7 @@ import torch
 from .. import _checks, _library, backends
 from ..kernels._layout import empty_out_like
 from . import _autodiff
+from ._seed import draw_seed
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +57,6 @@ OTHER = "other"        # checked by the op's own public function (reverse_step's
 # Output rules.
 LIKE_DATA = "like_data"    # the first data argument's shape, dtype and layout (DESIGN.md §4.8)
 PER_SAMPLE = "per_sample"  # (B,) in the compute dtype (float64 for float64 data, float32 otherwise)
-
-
-def _draw_seed() -> Callable:
-    """randn_like.draw_seed (the seed rule lives with randn_like, which imports this module)."""
-    global _DRAW_SEED
-    if _DRAW_SEED is None:
-        from .randn_like import draw_seed
-
-        _DRAW_SEED = draw_seed
-    return _DRAW_SEED
-
-
-_DRAW_SEED: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -176,7 +164,7 @@ class OpSpec:
         seed (draw_seed returns a seed tensor as it is)."""
         if len(values) != len(self.args):
             return values  # the general path names what is missing
-        return (*values[:gen], _draw_seed()(values[gen], self.name))
+        return (*values[:gen], draw_seed(values[gen], self.name))
 
     def check_values(self, native_values) -> None:
         """The value checks (DESIGN.md §4.10) on the native ops' arguments: positive scales > 0,
@@ -277,7 +265,7 @@ class OpSpec:
                     raise ValueError(f"{op}: {arg.name} must be one of {arg.choices}, got {value!r}")
                 out.append(value)
             elif arg.role == GENERATOR:
-                out += [_draw_seed()(value, op), 0]
+                out += [draw_seed(value, op), 0]
             else:
                 raise AssertionError(f"{op}: unknown role {arg.role!r} of {arg.name}")
         out = tuple(out)
